@@ -1,0 +1,309 @@
+//! Tasks and their containers: states, stop codes, timestamps, network bindings.
+//!
+//! ```text
+//!   PROVISIONING -> PENDING -> ACTIVATING -> RUNNING -> DEACTIVATING -> STOPPING
+//!        |             |                        |                         |
+//!        +-------------+------------------------+------> DEPROVISIONING -> STOPPED
+//! ```
+//! `lastStatus` only moves forward (the agent owns it); `desiredStatus` is RUNNING or
+//! STOPPED (the API and schedulers own it).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::resources::Reservation;
+use crate::task_definition::{
+    EphemeralStorage, ResourceRequirement, TransportProtocol, Unsupported,
+};
+use crate::{Attribute, KeyValuePair, Tag, Timestamp};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TaskStatus {
+    Provisioning,
+    Pending,
+    Activating,
+    Running,
+    Deactivating,
+    Stopping,
+    Deprovisioning,
+    Stopped,
+}
+
+impl TaskStatus {
+    pub const ALL: [TaskStatus; 8] = [
+        Self::Provisioning,
+        Self::Pending,
+        Self::Activating,
+        Self::Running,
+        Self::Deactivating,
+        Self::Stopping,
+        Self::Deprovisioning,
+        Self::Stopped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Provisioning => "PROVISIONING",
+            Self::Pending => "PENDING",
+            Self::Activating => "ACTIVATING",
+            Self::Running => "RUNNING",
+            Self::Deactivating => "DEACTIVATING",
+            Self::Stopping => "STOPPING",
+            Self::Deprovisioning => "DEPROVISIONING",
+            Self::Stopped => "STOPPED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == s)
+    }
+
+    /// Counted as "pending" by DescribeClusters/DescribeContainerInstances.
+    pub fn is_pending(self) -> bool {
+        self < Self::Running
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DesiredStatus {
+    Running,
+    Pending,
+    Stopped,
+}
+
+impl DesiredStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "RUNNING",
+            Self::Pending => "PENDING",
+            Self::Stopped => "STOPPED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "RUNNING" => Self::Running,
+            "PENDING" => Self::Pending,
+            "STOPPED" => Self::Stopped,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TaskStopCode {
+    TaskFailedToStart,
+    EssentialContainerExited,
+    UserInitiated,
+    ServiceSchedulerInitiated,
+    SpotInterruption,
+    TerminationNotice,
+}
+
+impl TaskStopCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TaskFailedToStart => "TaskFailedToStart",
+            Self::EssentialContainerExited => "EssentialContainerExited",
+            Self::UserInitiated => "UserInitiated",
+            Self::ServiceSchedulerInitiated => "ServiceSchedulerInitiated",
+            Self::SpotInterruption => "SpotInterruption",
+            Self::TerminationNotice => "TerminationNotice",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum HealthStatus {
+    Healthy,
+    Unhealthy,
+    #[default]
+    Unknown,
+}
+
+impl HealthStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Healthy => "HEALTHY",
+            Self::Unhealthy => "UNHEALTHY",
+            Self::Unknown => "UNKNOWN",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum LaunchType {
+    #[default]
+    #[serde(rename = "EC2")]
+    Ec2,
+    Fargate,
+    External,
+    ManagedInstances,
+}
+
+impl LaunchType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ec2 => "EC2",
+            Self::Fargate => "FARGATE",
+            Self::External => "EXTERNAL",
+            Self::ManagedInstances => "MANAGED_INSTANCES",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "EC2" => Self::Ec2,
+            "FARGATE" => Self::Fargate,
+            "EXTERNAL" => Self::External,
+            "MANAGED_INSTANCES" => Self::ManagedInstances,
+            _ => return None,
+        })
+    }
+}
+
+/// A host port bound to a container port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkBinding {
+    #[serde(rename = "bindIP", skip_serializing_if = "Option::is_none")]
+    pub bind_ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_port: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<TransportProtocol>,
+}
+
+/// Per-container overrides of RunTask/StartTask.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerOverride {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub environment: Vec<KeyValuePair>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub environment_files: Unsupported,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_reservation: Option<i32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resource_requirements: Vec<ResourceRequirement>,
+}
+
+/// Task-level overrides of RunTask/StartTask.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskOverride {
+    #[serde(default)]
+    pub container_overrides: Vec<ContainerOverride>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_role_arn: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub execution_role_arn: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ephemeral_storage: Option<EphemeralStorage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inference_accelerator_overrides: Unsupported,
+}
+
+impl TaskOverride {
+    pub fn container(&self, name: &str) -> Option<&ContainerOverride> {
+        self.container_overrides
+            .iter()
+            .find(|o| o.name.as_deref() == Some(name))
+    }
+}
+
+/// One container of a task, as reported.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Container {
+    pub id: String,
+    pub arn: String,
+    pub name: String,
+    pub image: String,
+    pub image_digest: Option<String>,
+    /// The Docker container id, once created.
+    pub runtime_id: Option<String>,
+    pub last_status: TaskStatus,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub network_bindings: Vec<NetworkBinding>,
+    pub health_status: Option<HealthStatus>,
+    pub cpu: i32,
+    pub memory: Option<i32>,
+    pub memory_reservation: Option<i32>,
+    pub gpu_ids: Vec<String>,
+    pub essential: bool,
+}
+
+/// A task record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: String,
+    pub arn: String,
+    pub cluster_name: String,
+    pub cluster_arn: String,
+    pub task_definition_arn: String,
+    pub family: String,
+    pub revision: u32,
+    pub container_instance_id: Option<String>,
+    pub container_instance_arn: Option<String>,
+    pub launch_type: LaunchType,
+    pub capacity_provider_name: Option<String>,
+    pub availability_zone: Option<String>,
+    pub last_status: TaskStatus,
+    pub desired_status: DesiredStatus,
+    pub containers: Vec<Container>,
+    /// Task-level size as ECS shows it (strings of CPU units and MiB).
+    pub cpu: Option<String>,
+    pub memory: Option<String>,
+    pub overrides: TaskOverride,
+    pub group: Option<String>,
+    pub started_by: Option<String>,
+    pub tags: Vec<Tag>,
+    pub attributes: Vec<Attribute>,
+    pub enable_execute_command: bool,
+    pub health_status: HealthStatus,
+    pub connectivity: Option<String>,
+    pub connectivity_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+    pub pull_started_at: Option<Timestamp>,
+    pub pull_stopped_at: Option<Timestamp>,
+    pub started_at: Option<Timestamp>,
+    pub stopping_at: Option<Timestamp>,
+    pub execution_stopped_at: Option<Timestamp>,
+    pub stopped_at: Option<Timestamp>,
+    pub stop_code: Option<TaskStopCode>,
+    pub stopped_reason: Option<String>,
+    /// Bumped on every change, like ECS's `version`.
+    pub version: u64,
+    /// What this task holds on its container instance until it is STOPPED.
+    pub reservation: Reservation,
+    /// Whether `reservation` has been given back (exactly once, on reaching STOPPED).
+    pub released: bool,
+    /// Docker labels and environment the agent needs but ECS does not show.
+    pub extra: BTreeMap<String, String>,
+}
+
+impl Task {
+    pub fn container_mut(&mut self, name: &str) -> Option<&mut Container> {
+        self.containers.iter_mut().find(|c| c.name == name)
+    }
+}

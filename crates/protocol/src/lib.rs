@@ -1,0 +1,205 @@
+//! The agent protocol, version 1: how a host agent registers, learns which tasks it must
+//! run and reports what happened to them. It rides on the control plane's awsJson 1.1
+//! endpoint (`POST /`, SigV4-signed) under the target prefix [`TARGET_PREFIX`], so agents
+//! and API clients share one listener, one authentication path and one error shape.
+//!
+//! The protocol is level-triggered: every [`PollResponse`] carries the full desired state
+//! of the instance's tasks, never a diff, so a lost message or a restarted agent needs no
+//! replay. New fields are added as `Option`/`#[serde(default)]`; incompatible changes get a
+//! new prefix (`FlotillaAgentV2`). See `docs/agent-protocol.md`.
+
+use std::collections::BTreeMap;
+
+use flotilla_model::resources::Resources;
+use flotilla_model::task::{HealthStatus, NetworkBinding, TaskOverride, TaskStatus, TaskStopCode};
+use flotilla_model::{Attribute, DesiredStatus, TaskDefinition, Timestamp, VersionInfo};
+use serde::{Deserialize, Serialize};
+
+/// `X-Amz-Target` prefix of agent protocol calls: `FlotillaAgentV1.Register` etc.
+pub const TARGET_PREFIX: &str = "FlotillaAgentV1";
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The longest a poll may wait for a change before answering with the same state.
+pub const POLL_WAIT_MS_MAX: u64 = 30_000;
+
+/// The calls of the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AgentCall {
+    Register,
+    Poll,
+    Report,
+}
+
+impl AgentCall {
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "Register" => Self::Register,
+            "Poll" => Self::Poll,
+            "Report" => Self::Report,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Register => "Register",
+            Self::Poll => "Poll",
+            Self::Report => "Report",
+        }
+    }
+
+    pub fn target(self) -> String {
+        format!("{TARGET_PREFIX}.{}", self.name())
+    }
+}
+
+/// `Register`: a host joins a cluster, or re-joins with the ARN it had.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisterRequest {
+    pub protocol_version: u32,
+    pub cluster: String,
+    /// Set when the agent restarts and wants its old identity (and tasks) back.
+    #[serde(default)]
+    pub container_instance_arn: Option<String>,
+    /// A stable id of the host (`i-` + hex), kept by the agent across restarts.
+    pub ec2_instance_id: String,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Capacity: CPU units, memory MiB, ports the host keeps for itself, GPU ids.
+    pub resources: Resources,
+    #[serde(default)]
+    pub attributes: Vec<Attribute>,
+    #[serde(default)]
+    pub version_info: VersionInfo,
+    /// Where the control plane can reach this agent (logs), if anywhere.
+    #[serde(default)]
+    pub agent_endpoint: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisterResponse {
+    pub container_instance_arn: String,
+    pub cluster_arn: String,
+    /// Poll at least this often; the server counts polls as heartbeats.
+    pub heartbeat_interval_ms: u64,
+    /// After this long without a poll the instance is marked disconnected.
+    pub disconnect_timeout_ms: u64,
+}
+
+/// `Poll`: heartbeat plus long-poll for the desired state of this instance's tasks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PollRequest {
+    pub container_instance_arn: String,
+    /// Answer at once if the instance's state changed after this revision; else wait.
+    #[serde(default)]
+    pub since_revision: u64,
+    /// How long to wait for a change, capped at [`POLL_WAIT_MS_MAX`].
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PollResponse {
+    /// Pass back as `sinceRevision` in the next poll.
+    pub revision: u64,
+    /// ACTIVE, DRAINING or INACTIVE (deregistered: the agent should stop its tasks and exit).
+    pub instance_status: String,
+    /// Every task assigned to this instance that the agent still has to act on or report.
+    pub tasks: Vec<AssignedTask>,
+    /// The task definitions the tasks above refer to, by ARN.
+    pub task_definitions: BTreeMap<String, TaskDefinition>,
+}
+
+/// One task as the agent must see it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AssignedTask {
+    pub task_arn: String,
+    pub cluster_arn: String,
+    pub task_definition_arn: String,
+    pub desired_status: DesiredStatus,
+    /// What the server last heard from the agent about this task.
+    pub last_status: TaskStatus,
+    pub overrides: TaskOverride,
+    pub containers: Vec<AssignedContainer>,
+    /// GPU ids reserved for this task, in container order of demand.
+    #[serde(default)]
+    pub gpu_ids: Vec<String>,
+    #[serde(default)]
+    pub stop_code: Option<TaskStopCode>,
+    #[serde(default)]
+    pub stopped_reason: Option<String>,
+    pub version: u64,
+    pub created_at: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AssignedContainer {
+    pub name: String,
+    pub container_arn: String,
+    #[serde(default)]
+    pub runtime_id: Option<String>,
+}
+
+/// `Report`: what happened to tasks and containers since the last report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportRequest {
+    pub container_instance_arn: String,
+    pub tasks: Vec<TaskStateChange>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskStateChange {
+    pub task_arn: String,
+    pub status: TaskStatus,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub stop_code: Option<TaskStopCode>,
+    #[serde(default)]
+    pub health_status: Option<HealthStatus>,
+    #[serde(default)]
+    pub containers: Vec<ContainerStateChange>,
+    #[serde(default)]
+    pub pull_started_at: Option<Timestamp>,
+    #[serde(default)]
+    pub pull_stopped_at: Option<Timestamp>,
+    #[serde(default)]
+    pub started_at: Option<Timestamp>,
+    #[serde(default)]
+    pub execution_stopped_at: Option<Timestamp>,
+    /// When the agent observed this state.
+    pub at: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStateChange {
+    pub name: String,
+    pub status: TaskStatus,
+    #[serde(default)]
+    pub runtime_id: Option<String>,
+    #[serde(default)]
+    pub image_digest: Option<String>,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub network_bindings: Vec<NetworkBinding>,
+    #[serde(default)]
+    pub health_status: Option<HealthStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportResponse {
+    /// Task ARNs whose report was applied. Reports for unknown tasks are skipped.
+    pub accepted: Vec<String>,
+}

@@ -1,0 +1,822 @@
+//! Task actions: RunTask and StartTask (placement committed with compare-and-swap against
+//! the hosts it reserves on), StopTask, DescribeTasks, ListTasks; and the pure rules that
+//! apply an agent's state report to a task.
+
+use flotilla_api::requests::*;
+use flotilla_api::responses::{
+    self, Failure, ListItems, ListResponse, TaskResponse, TasksResponse,
+};
+use flotilla_model::resources::Reservation;
+use flotilla_model::task::Container;
+use flotilla_model::task_definition::{NetworkMode, TaskDefinitionStatus};
+use flotilla_model::validate::{task_demand, validate_overrides};
+use flotilla_model::{
+    ContainerInstance, ContainerInstanceStatus, DesiredStatus, EcsError, HealthStatus, LaunchType,
+    Tag, Task, TaskDefinition, TaskOverride, TaskStatus, TaskStopCode, Timestamp,
+    arn::last_segment,
+};
+use flotilla_protocol::TaskStateChange;
+use flotilla_scheduler::{Constraint, PlacementRequest};
+use serde::{Deserialize, Serialize};
+
+use super::task_definitions::parse_tags_include;
+use super::{Engine, RequestContext, contention, max_results, new_id, paginate, validate_tags};
+use crate::db::{CAS_RETRIES_MAX, TxnBuilder, Versioned};
+
+/// ECS: RunTask starts at most 10 tasks per call.
+pub const TASKS_PER_RUN_TASK_MAX: i64 = 10;
+const TASKS_PER_DESCRIBE_MAX: usize = 100;
+const CONSTRAINTS_PER_REQUEST_MAX: usize = 10;
+const STRATEGIES_PER_REQUEST_MAX: usize = 5;
+
+/// What a RunTask clientToken remembers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct RunTaskToken {
+    fingerprint: String,
+    task_ids: Vec<String>,
+    expires_at: Timestamp,
+}
+
+/// A validated placement request shared by RunTask and StartTask.
+struct Launch {
+    task_definition: TaskDefinition,
+    overrides: TaskOverride,
+    group: String,
+    started_by: Option<String>,
+    tags: Vec<Tag>,
+    enable_execute_command: bool,
+}
+
+/// The members RunTask and StartTask share.
+struct LaunchInput<'a> {
+    overrides: Option<TaskOverride>,
+    group: Option<String>,
+    started_by: Option<String>,
+    tags: Vec<Tag>,
+    propagate_tags: Option<&'a str>,
+    enable_execute_command: Option<bool>,
+}
+
+impl Engine {
+    fn validate_launch_common(
+        td: &Versioned<TaskDefinition>,
+        input: LaunchInput<'_>,
+    ) -> Result<Launch, EcsError> {
+        let LaunchInput {
+            overrides,
+            group,
+            started_by,
+            tags,
+            propagate_tags,
+            enable_execute_command,
+        } = input;
+        if td.value.status != TaskDefinitionStatus::Active {
+            return Err(EcsError::client(format!(
+                "TaskDefinition is inactive: {} can no longer start new tasks.",
+                td.value.task_definition_arn
+            )));
+        }
+        if td.value.spec.network_mode == NetworkMode::Awsvpc {
+            return Err(EcsError::UnsupportedFeature(
+                "Flotilla does not support the awsvpc network mode yet (it comes with the Fargate launch type)."
+                    .to_owned(),
+            ));
+        }
+        let overrides = overrides.unwrap_or_default();
+        validate_overrides(&td.value, &overrides)?;
+        if let Some(group) = &group
+            && (group.is_empty() || group.len() > 255)
+        {
+            return Err(EcsError::invalid("group must be 1 to 255 characters."));
+        }
+        if started_by.as_ref().is_some_and(|s| s.len() > 128) {
+            return Err(EcsError::invalid(
+                "startedBy must be at most 128 characters.",
+            ));
+        }
+        validate_tags(&tags)?;
+        let mut tags = tags;
+        match propagate_tags {
+            None | Some("NONE") => {}
+            Some("TASK_DEFINITION") => flotilla_model::merge_tags(&mut tags, &td.value.tags),
+            Some(other) => {
+                return Err(EcsError::invalid(format!(
+                    "Invalid propagateTags '{other}'; for standalone tasks use TASK_DEFINITION or NONE."
+                )));
+            }
+        }
+        Ok(Launch {
+            task_definition: td.value.clone(),
+            overrides,
+            group: group.unwrap_or_else(|| format!("family:{}", td.value.family)),
+            started_by,
+            tags,
+            enable_execute_command: enable_execute_command.unwrap_or(false),
+        })
+    }
+
+    pub(crate) async fn run_task(
+        &self,
+        ctx: &RequestContext,
+        request: RunTaskRequest,
+    ) -> Result<TasksResponse, EcsError> {
+        let reference = required(&request.task_definition, "taskDefinition")?.to_owned();
+        let count = request.count.unwrap_or(1);
+        if !(1..=TASKS_PER_RUN_TASK_MAX).contains(&count) {
+            return Err(EcsError::invalid(format!(
+                "count must be between 1 and {TASKS_PER_RUN_TASK_MAX}; got {count}."
+            )));
+        }
+        refuse_unsupported(&request.network_configuration, "networkConfiguration")?;
+        refuse_unsupported(&request.volume_configurations, "volumeConfigurations")?;
+        if request.launch_type.is_some() && !request.capacity_provider_strategy.is_empty() {
+            return Err(EcsError::invalid(
+                "Specifying both a launchType and capacityProviderStrategy is not supported.",
+            ));
+        }
+        match request.launch_type.as_deref() {
+            None | Some("EC2") => {}
+            Some("FARGATE" | "EXTERNAL" | "MANAGED_INSTANCES") => {
+                return Err(EcsError::UnsupportedFeature(format!(
+                    "Flotilla does not support the {} launch type yet; use EC2.",
+                    request.launch_type.as_deref().unwrap_or_default()
+                )));
+            }
+            Some(other) => {
+                return Err(EcsError::invalid(format!(
+                    "Invalid launchType '{other}'; accepted: EC2, FARGATE, EXTERNAL, MANAGED_INSTANCES."
+                )));
+            }
+        }
+        if !request.capacity_provider_strategy.is_empty() {
+            return Err(EcsError::UnsupportedFeature(
+                "Flotilla does not support capacityProviderStrategy on RunTask yet; use launchType EC2.".to_owned(),
+            ));
+        }
+        if let Some(token) = &request.client_token
+            && (token.is_empty() || token.len() > 64)
+        {
+            return Err(EcsError::invalid("clientToken must be 1 to 64 characters."));
+        }
+        if request.placement_constraints.len() > CONSTRAINTS_PER_REQUEST_MAX {
+            return Err(EcsError::invalid(format!(
+                "At most {CONSTRAINTS_PER_REQUEST_MAX} placement constraints are allowed."
+            )));
+        }
+        if request.placement_strategy.len() > STRATEGIES_PER_REQUEST_MAX {
+            return Err(EcsError::invalid(format!(
+                "At most {STRATEGIES_PER_REQUEST_MAX} placement strategies are allowed."
+            )));
+        }
+        let mut constraints = Vec::new();
+        for constraint in &request.placement_constraints {
+            constraints.push(parse_constraint(
+                constraint.kind.as_deref(),
+                constraint.expression.as_deref(),
+            )?);
+        }
+        let mut strategies = Vec::new();
+        for strategy in &request.placement_strategy {
+            let kind = strategy.kind.as_deref().unwrap_or_default();
+            strategies.push(
+                flotilla_scheduler::parse_strategy(kind, strategy.field.as_deref())
+                    .map_err(|e| EcsError::invalid(e.to_string()))?,
+            );
+        }
+        let cluster = self.active_cluster(ctx, request.cluster.as_deref()).await?;
+        let cluster_name = cluster.value.name.clone();
+        let td = self.task_definition_or_error(ctx, &reference).await?;
+        for constraint in &td.value.spec.placement_constraints {
+            constraints.push(parse_constraint(
+                constraint.kind.as_deref(),
+                constraint.expression.as_deref(),
+            )?);
+        }
+        let launch = Self::validate_launch_common(
+            &td,
+            LaunchInput {
+                overrides: request.overrides.clone(),
+                group: request.group.clone(),
+                started_by: request.started_by.clone(),
+                tags: request.tags.clone(),
+                propagate_tags: request.propagate_tags.as_deref(),
+                enable_execute_command: request.enable_execute_command,
+            },
+        )?;
+        let keys = ctx.keys();
+        let token_key = request
+            .client_token
+            .as_deref()
+            .map(|t| keys.run_task_token(&cluster_name, t));
+        let fingerprint = format!(
+            "{reference}|{count}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+            request.group,
+            request.started_by,
+            request.tags,
+            request.overrides,
+            request.placement_constraints,
+            request.placement_strategy,
+            request.launch_type
+        );
+        for _ in 0..CAS_RETRIES_MAX {
+            let existing_token = match &token_key {
+                Some(key) => self.db.get::<RunTaskToken>(key).await?,
+                None => None,
+            };
+            if let Some(token) = existing_token
+                .as_ref()
+                .filter(|t| t.value.expires_at > ctx.now)
+            {
+                if token.value.fingerprint != fingerprint {
+                    return Err(EcsError::Conflict(
+                        "The clientToken was already used with different parameters.".to_owned(),
+                    ));
+                }
+                let mut tasks = Vec::new();
+                for id in &token.value.task_ids {
+                    if let Some(task) = self.db.get::<Task>(&keys.task(&cluster_name, id)).await? {
+                        tasks.push(responses::task(&task.value, true));
+                    }
+                }
+                return Ok(TasksResponse {
+                    tasks,
+                    failures: Vec::new(),
+                });
+            }
+            let instances = self
+                .db
+                .list::<ContainerInstance>(&keys.instances(&cluster_name))
+                .await?;
+            let instances: Vec<Versioned<ContainerInstance>> = instances
+                .into_iter()
+                .filter(|i| i.value.status != ContainerInstanceStatus::Inactive)
+                .collect();
+            if !instances
+                .iter()
+                .any(|i| i.value.status == ContainerInstanceStatus::Active)
+            {
+                return Err(EcsError::invalid(
+                    "No Container Instances were found in your cluster.",
+                ));
+            }
+            let tasks = self.db.list::<Task>(&keys.tasks(&cluster_name)).await?;
+            let records: Vec<ContainerInstance> =
+                instances.iter().map(|i| i.value.clone()).collect();
+            let hosts = crate::placement::hosts(&records, &tasks);
+            let placement_request = PlacementRequest {
+                demand: task_demand(&launch.task_definition, &launch.overrides),
+                count: count as usize,
+                group: launch.group.clone(),
+                constraints: constraints.clone(),
+                strategies: strategies.clone(),
+            };
+            let result = flotilla_scheduler::place(&hosts, &placement_request, rand::random());
+            let failures: Vec<Failure> = if result.unplaced > 0 {
+                result
+                    .rejections
+                    .iter()
+                    .map(|r| Failure::new(hosts[r.host_index].arn.clone(), r.reason.ecs_reason()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            if result.placements.is_empty() {
+                return Ok(TasksResponse {
+                    tasks: Vec::new(),
+                    failures,
+                });
+            }
+            let placements: Vec<(usize, Reservation)> = result
+                .placements
+                .into_iter()
+                .map(|p| (p.host_index, p.reservation))
+                .collect();
+            let (txn, created) = self.build_launch(
+                ctx,
+                &cluster.value.arn,
+                &cluster_name,
+                &launch,
+                &instances,
+                placements,
+            );
+            let mut txn = txn;
+            if let (Some(key), true) = (&token_key, !created.is_empty()) {
+                let record = RunTaskToken {
+                    fingerprint: fingerprint.clone(),
+                    task_ids: created.iter().map(|t| t.id.clone()).collect(),
+                    expires_at: ctx.now.plus_millis(self.config.client_token_retention_ms),
+                };
+                txn.expect(key, existing_token.as_ref().map_or(0, |t| t.mod_revision))
+                    .put(key, &record);
+            }
+            if self.db.commit(txn.build()).await?.is_some() {
+                return Ok(TasksResponse {
+                    tasks: created.iter().map(|t| responses::task(t, true)).collect(),
+                    failures,
+                });
+            }
+        }
+        Err(contention())
+    }
+
+    /// The transaction that creates tasks at their placements, reserving on each host only
+    /// if that host is unchanged since it was read (the plan applier's re-check).
+    fn build_launch(
+        &self,
+        ctx: &RequestContext,
+        cluster_arn: &str,
+        cluster_name: &str,
+        launch: &Launch,
+        instances: &[Versioned<ContainerInstance>],
+        placements: Vec<(usize, Reservation)>,
+    ) -> (TxnBuilder, Vec<Task>) {
+        let keys = ctx.keys();
+        let mut txn = TxnBuilder::new();
+        let mut touched: std::collections::BTreeMap<usize, ContainerInstance> =
+            std::collections::BTreeMap::new();
+        let mut created = Vec::new();
+        for (host_index, reservation) in placements {
+            let instance = touched
+                .entry(host_index)
+                .or_insert_with(|| instances[host_index].value.clone());
+            instance.remaining.apply(&reservation);
+            let task = new_task(
+                ctx,
+                cluster_arn,
+                cluster_name,
+                launch,
+                instance,
+                reservation,
+            );
+            txn.expect(&keys.task(cluster_name, &task.id), 0)
+                .put(&keys.task(cluster_name, &task.id), &task);
+            txn.put(
+                &keys.instance_task(cluster_name, &instance.id, &task.id),
+                &(),
+            );
+            created.push(task);
+        }
+        for (host_index, mut instance) in touched {
+            instance.version += 1;
+            txn.replace(&instances[host_index], &instance);
+        }
+        (txn, created)
+    }
+
+    pub(crate) async fn start_task(
+        &self,
+        ctx: &RequestContext,
+        request: StartTaskRequest,
+    ) -> Result<TasksResponse, EcsError> {
+        let reference = required(&request.task_definition, "taskDefinition")?.to_owned();
+        refuse_unsupported(&request.network_configuration, "networkConfiguration")?;
+        refuse_unsupported(&request.volume_configurations, "volumeConfigurations")?;
+        if request.container_instances.is_empty() || request.container_instances.len() > 10 {
+            return Err(EcsError::invalid(
+                "containerInstances must name 1 to 10 container instances.",
+            ));
+        }
+        let cluster = self.active_cluster(ctx, request.cluster.as_deref()).await?;
+        let cluster_name = cluster.value.name.clone();
+        let td = self.task_definition_or_error(ctx, &reference).await?;
+        let launch = Self::validate_launch_common(
+            &td,
+            LaunchInput {
+                overrides: request.overrides.clone(),
+                group: request.group.clone(),
+                started_by: request.started_by.clone(),
+                tags: request.tags.clone(),
+                propagate_tags: request.propagate_tags.as_deref(),
+                enable_execute_command: request.enable_execute_command,
+            },
+        )?;
+        let keys = ctx.keys();
+        let demand = task_demand(&launch.task_definition, &launch.overrides);
+        for _ in 0..CAS_RETRIES_MAX {
+            let mut instances = Vec::new();
+            let mut failures = Vec::new();
+            let mut placements = Vec::new();
+            let mut wanted: Vec<(usize, String)> = Vec::new();
+            for reference in &request.container_instances {
+                let id = last_segment(reference);
+                match self
+                    .db
+                    .get::<ContainerInstance>(&keys.instance(&cluster_name, id))
+                    .await?
+                {
+                    Some(instance)
+                        if instance.value.status != ContainerInstanceStatus::Inactive =>
+                    {
+                        wanted.push((instances.len(), instance.value.arn.clone()));
+                        instances.push(instance);
+                    }
+                    _ => failures.push(Failure::missing(
+                        ctx.scope.container_instance_arn(&cluster_name, id),
+                    )),
+                }
+            }
+            let tasks = self.db.list::<Task>(&keys.tasks(&cluster_name)).await?;
+            let records: Vec<ContainerInstance> =
+                instances.iter().map(|i| i.value.clone()).collect();
+            let hosts = crate::placement::hosts(&records, &tasks);
+            // Each named instance gets one task; reserve in order so a repeated instance
+            // sees the earlier reservation.
+            let mut remaining: Vec<_> = hosts.clone();
+            for (index, arn) in &wanted {
+                let host = &mut remaining[*index];
+                if !host.active {
+                    failures.push(Failure::new(arn.clone(), "INACTIVE"));
+                    continue;
+                }
+                match host.remaining.reserve(&demand) {
+                    Ok(reservation) => placements.push((*index, reservation)),
+                    Err(shortfall) => failures.push(Failure::new(arn.clone(), shortfall.reason())),
+                }
+            }
+            if placements.is_empty() {
+                return Ok(TasksResponse {
+                    tasks: Vec::new(),
+                    failures,
+                });
+            }
+            let (txn, created) = self.build_launch(
+                ctx,
+                &cluster.value.arn,
+                &cluster_name,
+                &launch,
+                &instances,
+                placements,
+            );
+            if self.db.commit(txn.build()).await?.is_some() {
+                return Ok(TasksResponse {
+                    tasks: created.iter().map(|t| responses::task(t, true)).collect(),
+                    failures,
+                });
+            }
+        }
+        Err(contention())
+    }
+
+    pub(crate) async fn stop_task(
+        &self,
+        ctx: &RequestContext,
+        request: StopTaskRequest,
+    ) -> Result<TaskResponse, EcsError> {
+        let reference = required(&request.task, "task")?;
+        if request.reason.as_ref().is_some_and(|r| r.len() > 255) {
+            return Err(EcsError::invalid("reason must be at most 255 characters."));
+        }
+        let cluster = self.active_cluster(ctx, request.cluster.as_deref()).await?;
+        let keys = ctx.keys();
+        let key = keys.task(&cluster.value.name, last_segment(reference));
+        for _ in 0..CAS_RETRIES_MAX {
+            let Some(task) = self.db.get::<Task>(&key).await? else {
+                return Err(EcsError::invalid("The referenced task was not found."));
+            };
+            if task.value.desired_status == DesiredStatus::Stopped {
+                return Ok(TaskResponse {
+                    task: responses::task(&task.value, true),
+                });
+            }
+            let mut stopped = task.value.clone();
+            request_stop(
+                &mut stopped,
+                TaskStopCode::UserInitiated,
+                request.reason.clone(),
+                ctx.now,
+            );
+            let mut txn = TxnBuilder::new();
+            txn.replace(&task, &stopped);
+            if self.db.commit(txn.build()).await?.is_some() {
+                return Ok(TaskResponse {
+                    task: responses::task(&stopped, true),
+                });
+            }
+        }
+        Err(contention())
+    }
+
+    pub(crate) async fn describe_tasks(
+        &self,
+        ctx: &RequestContext,
+        request: DescribeTasksRequest,
+    ) -> Result<TasksResponse, EcsError> {
+        if request.tasks.is_empty() || request.tasks.len() > TASKS_PER_DESCRIBE_MAX {
+            return Err(EcsError::invalid(format!(
+                "tasks must name 1 to {TASKS_PER_DESCRIBE_MAX} tasks."
+            )));
+        }
+        let include_tags = parse_tags_include(&request.include)?;
+        let cluster = self.active_cluster(ctx, request.cluster.as_deref()).await?;
+        let keys = ctx.keys();
+        let mut tasks = Vec::new();
+        let mut failures = Vec::new();
+        for reference in &request.tasks {
+            let id = last_segment(reference);
+            match self
+                .db
+                .get::<Task>(&keys.task(&cluster.value.name, id))
+                .await?
+            {
+                Some(task) => tasks.push(responses::task(&task.value, include_tags)),
+                None => failures.push(Failure::missing(
+                    ctx.scope.task_arn(&cluster.value.name, id),
+                )),
+            }
+        }
+        Ok(TasksResponse { tasks, failures })
+    }
+
+    pub(crate) async fn list_tasks(
+        &self,
+        ctx: &RequestContext,
+        request: ListTasksRequest,
+    ) -> Result<ListResponse<String>, EcsError> {
+        let limit = max_results(request.max_results, super::LIST_RESULTS_MAX)?;
+        let desired = match request.desired_status.as_deref() {
+            None => DesiredStatus::Running,
+            Some(s) => DesiredStatus::parse(s).ok_or_else(|| {
+                EcsError::invalid(format!(
+                    "Invalid desiredStatus '{s}'; accepted: RUNNING, PENDING, STOPPED."
+                ))
+            })?,
+        };
+        let launch_type = match request.launch_type.as_deref() {
+            None => None,
+            Some(s) => Some(LaunchType::parse(s).ok_or_else(|| {
+                EcsError::invalid(format!(
+                    "Invalid launchType '{s}'; accepted: EC2, FARGATE, EXTERNAL, MANAGED_INSTANCES."
+                ))
+            })?),
+        };
+        if request.daemon_name.is_some() {
+            return Err(EcsError::UnsupportedFeature(
+                "Flotilla does not support daemons (daemonName) yet.".into(),
+            ));
+        }
+        if request.service_name.is_some() && request.family.is_some() {
+            return Err(EcsError::invalid(
+                "serviceName and family cannot be used together.",
+            ));
+        }
+        let cluster = self.active_cluster(ctx, request.cluster.as_deref()).await?;
+        let cluster_name = cluster.value.name.clone();
+        let keys = ctx.keys();
+        let tasks: Vec<Task> = match request.container_instance.as_deref() {
+            Some(instance) => {
+                let id = last_segment(instance);
+                self.instance_tasks(ctx, &cluster_name, id)
+                    .await?
+                    .into_iter()
+                    .map(|t| t.value)
+                    .collect()
+            }
+            None => self
+                .db
+                .list::<Task>(&keys.tasks(&cluster_name))
+                .await?
+                .into_iter()
+                .map(|t| t.value)
+                .collect(),
+        };
+        let service_group = request
+            .service_name
+            .as_deref()
+            .map(|s| format!("service:{}", last_segment(s)));
+        let arns: Vec<String> = tasks
+            .into_iter()
+            .filter(|t| match desired {
+                // ECS lists PENDING-desired tasks under RUNNING too.
+                DesiredStatus::Running => t.desired_status != DesiredStatus::Stopped,
+                other => t.desired_status == other,
+            })
+            .filter(|t| request.family.as_ref().is_none_or(|f| &t.family == f))
+            .filter(|t| {
+                request
+                    .started_by
+                    .as_ref()
+                    .is_none_or(|s| t.started_by.as_ref() == Some(s))
+            })
+            .filter(|t| {
+                service_group
+                    .as_ref()
+                    .is_none_or(|g| t.group.as_ref() == Some(g))
+            })
+            .filter(|t| launch_type.is_none_or(|l| t.launch_type == l))
+            .map(|t| t.arn)
+            .collect();
+        let (arns, next_token) = paginate(
+            arns,
+            request.next_token.as_deref(),
+            limit,
+            &format!("tasks:{cluster_name}:"),
+        )?;
+        Ok(ListResponse {
+            items: ListItems::TaskArns(arns),
+            next_token,
+        })
+    }
+}
+
+fn parse_constraint(kind: Option<&str>, expression: Option<&str>) -> Result<Constraint, EcsError> {
+    flotilla_scheduler::parse_constraint(kind.unwrap_or_default(), expression)
+        .map_err(|e| EcsError::invalid(e.to_string()))
+}
+
+fn new_task(
+    ctx: &RequestContext,
+    cluster_arn: &str,
+    cluster_name: &str,
+    launch: &Launch,
+    instance: &ContainerInstance,
+    reservation: Reservation,
+) -> Task {
+    let id = new_id();
+    let td = &launch.task_definition;
+    let mut gpu_ids = reservation.gpu_ids.iter().cloned();
+    let containers = td
+        .spec
+        .container_definitions
+        .iter()
+        .map(|definition| {
+            let name = definition.name().to_owned();
+            let override_ = launch.overrides.container(&name);
+            let container_id = new_id();
+            Container {
+                arn: ctx.scope.container_arn(cluster_name, &id, &container_id),
+                id: container_id,
+                image: definition.image.clone().unwrap_or_default(),
+                image_digest: None,
+                runtime_id: None,
+                last_status: TaskStatus::Pending,
+                exit_code: None,
+                reason: None,
+                network_bindings: Vec::new(),
+                health_status: definition
+                    .health_check
+                    .as_ref()
+                    .map(|_| HealthStatus::Unknown),
+                cpu: override_.and_then(|o| o.cpu).unwrap_or(definition.cpu),
+                memory: override_.and_then(|o| o.memory).or(definition.memory),
+                memory_reservation: override_
+                    .and_then(|o| o.memory_reservation)
+                    .or(definition.memory_reservation),
+                gpu_ids: gpu_ids
+                    .by_ref()
+                    .take(definition.gpu_count() as usize)
+                    .collect(),
+                essential: definition.is_essential(),
+                name,
+            }
+        })
+        .collect();
+    let zone = instance
+        .attribute("ecs.availability-zone")
+        .and_then(|a| a.value.clone());
+    Task {
+        arn: ctx.scope.task_arn(cluster_name, &id),
+        id,
+        cluster_name: cluster_name.to_owned(),
+        cluster_arn: cluster_arn.to_owned(),
+        task_definition_arn: td.task_definition_arn.clone(),
+        family: td.family.clone(),
+        revision: td.revision,
+        container_instance_id: Some(instance.id.clone()),
+        container_instance_arn: Some(instance.arn.clone()),
+        launch_type: LaunchType::Ec2,
+        capacity_provider_name: None,
+        availability_zone: zone,
+        last_status: TaskStatus::Provisioning,
+        desired_status: DesiredStatus::Running,
+        containers,
+        cpu: launch.overrides.cpu.clone().or_else(|| td.spec.cpu.clone()),
+        memory: launch
+            .overrides
+            .memory
+            .clone()
+            .or_else(|| td.spec.memory.clone()),
+        overrides: launch.overrides.clone(),
+        group: Some(launch.group.clone()),
+        started_by: launch.started_by.clone(),
+        tags: launch.tags.clone(),
+        attributes: Vec::new(),
+        enable_execute_command: launch.enable_execute_command,
+        health_status: HealthStatus::Unknown,
+        connectivity: None,
+        connectivity_at: None,
+        created_at: ctx.now,
+        pull_started_at: None,
+        pull_stopped_at: None,
+        started_at: None,
+        stopping_at: None,
+        execution_stopped_at: None,
+        stopped_at: None,
+        stop_code: None,
+        stopped_reason: None,
+        version: 1,
+        reservation,
+        released: false,
+        extra: Default::default(),
+    }
+}
+
+/// Marks a task as wanted STOPPED (the agent does the stopping). Idempotent.
+pub fn request_stop(task: &mut Task, code: TaskStopCode, reason: Option<String>, now: Timestamp) {
+    if task.desired_status == DesiredStatus::Stopped {
+        return;
+    }
+    task.desired_status = DesiredStatus::Stopped;
+    task.stop_code = Some(code);
+    task.stopped_reason = reason.or_else(|| match code {
+        TaskStopCode::UserInitiated => Some("Task stopped by user".to_owned()),
+        _ => None,
+    });
+    if task.last_status < TaskStatus::Stopped {
+        task.stopping_at.get_or_insert(now);
+    }
+    task.version += 1;
+}
+
+/// Gives a STOPPED task's reservation back to its instance, exactly once.
+pub fn release_on_stop(task: &mut Task, instance: &mut ContainerInstance) {
+    if task.last_status == TaskStatus::Stopped && !task.released {
+        let registered = instance.registered.clone();
+        instance.remaining.release(&task.reservation, &registered);
+        instance.version += 1;
+        task.released = true;
+    }
+}
+
+/// Applies an agent's report to a task. `lastStatus` only moves forward; timestamps are
+/// set once; a task that stops on its own also gets desiredStatus STOPPED, as in ECS.
+/// Returns whether anything changed.
+pub fn apply_task_state_change(task: &mut Task, change: &TaskStateChange) -> bool {
+    let before = task.clone();
+    for reported in &change.containers {
+        if let Some(container) = task.container_mut(&reported.name) {
+            if reported.status >= container.last_status {
+                container.last_status = reported.status;
+            }
+            if reported.runtime_id.is_some() {
+                container.runtime_id = reported.runtime_id.clone();
+            }
+            if reported.image_digest.is_some() {
+                container.image_digest = reported.image_digest.clone();
+            }
+            if reported.exit_code.is_some() {
+                container.exit_code = reported.exit_code;
+            }
+            if reported.reason.is_some() {
+                container.reason = reported.reason.clone();
+            }
+            if !reported.network_bindings.is_empty() {
+                container.network_bindings = reported.network_bindings.clone();
+            }
+            if reported.health_status.is_some() {
+                container.health_status = reported.health_status;
+            }
+        }
+    }
+    if let Some(health) = change.health_status {
+        task.health_status = health;
+    }
+    task.pull_started_at = task.pull_started_at.or(change.pull_started_at);
+    task.pull_stopped_at = task.pull_stopped_at.or(change.pull_stopped_at);
+    if change.status > task.last_status {
+        task.last_status = change.status;
+        if change.status >= TaskStatus::Running && task.connectivity.is_none() {
+            task.connectivity = Some("CONNECTED".to_owned());
+            task.connectivity_at = Some(change.at);
+        }
+        if change.status == TaskStatus::Running {
+            task.started_at
+                .get_or_insert(change.started_at.unwrap_or(change.at));
+        }
+        if change.status >= TaskStatus::Stopping {
+            task.stopping_at.get_or_insert(change.at);
+        }
+        if change.status == TaskStatus::Stopped {
+            task.stopped_at = Some(change.at);
+            task.execution_stopped_at
+                .get_or_insert(change.execution_stopped_at.unwrap_or(change.at));
+            task.desired_status = DesiredStatus::Stopped;
+            if task.stop_code.is_none() {
+                task.stop_code = change.stop_code;
+            }
+            if task.stopped_reason.is_none() {
+                task.stopped_reason = change.reason.clone();
+            }
+            for container in &mut task.containers {
+                container.last_status = TaskStatus::Stopped;
+            }
+        }
+    }
+    if task.started_at.is_none() {
+        task.started_at = change.started_at;
+    }
+    let changed = *task != before;
+    if changed {
+        task.version = before.version + 1;
+    }
+    changed
+}

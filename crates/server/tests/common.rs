@@ -1,0 +1,106 @@
+//! Shared set-up for the API tests: an in-process server on port 0 and an AWS SDK client.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use aws_sdk_ecs::Client;
+use flotilla_api::sigv4::Credentials;
+use flotilla_server::{RunningServer, ServerConfig};
+use flotilla_testkit::{TEST_ACCESS_KEY_ID, TEST_REGION, TEST_SECRET_ACCESS_KEY};
+
+pub struct TestServer {
+    pub server: RunningServer,
+    pub client: Client,
+    pub endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn start() -> TestServer {
+    start_with(|_| {}).await
+}
+
+pub async fn start_with(tune: impl FnOnce(&mut ServerConfig)) -> TestServer {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store: Arc<dyn flotilla_store::Store> =
+        Arc::new(flotilla_store::RedbStore::open(&dir.path().join("state.redb")).expect("store"));
+    let mut config = ServerConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        Credentials {
+            access_key_id: TEST_ACCESS_KEY_ID.into(),
+            secret_access_key: TEST_SECRET_ACCESS_KEY.into(),
+        },
+    );
+    tune(&mut config);
+    let server = flotilla_server::start(config, store)
+        .await
+        .expect("server starts");
+    let endpoint = server.endpoint();
+    let client = client_for(&endpoint, TEST_SECRET_ACCESS_KEY).await;
+    TestServer {
+        server,
+        client,
+        endpoint,
+        _dir: dir,
+    }
+}
+
+pub async fn client_for(endpoint: &str, secret: &str) -> Client {
+    let credentials =
+        aws_sdk_ecs::config::Credentials::new(TEST_ACCESS_KEY_ID, secret, None, None, "test");
+    let config = aws_sdk_ecs::Config::builder()
+        .behavior_version(aws_sdk_ecs::config::BehaviorVersion::latest())
+        .region(aws_sdk_ecs::config::Region::new(TEST_REGION))
+        .credentials_provider(credentials)
+        .endpoint_url(endpoint)
+        .retry_config(aws_sdk_ecs::config::retry::RetryConfig::disabled())
+        .build();
+    Client::from_conf(config)
+}
+
+/// The AWS error code of an SDK error.
+pub fn code<E: aws_sdk_ecs::error::ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
+    error: &aws_sdk_ecs::error::SdkError<E, R>,
+) -> String {
+    match error.as_service_error() {
+        Some(service) => service.code().unwrap_or("<none>").to_owned(),
+        None => format!("<not a service error: {error:?}>"),
+    }
+}
+
+pub fn message<
+    E: aws_sdk_ecs::error::ProvideErrorMetadata + std::fmt::Debug,
+    R: std::fmt::Debug,
+>(
+    error: &aws_sdk_ecs::error::SdkError<E, R>,
+) -> String {
+    error
+        .as_service_error()
+        .and_then(|s| s.message())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A container definition with a name, an image and a memory limit.
+pub fn container(name: &str, memory: i32) -> aws_sdk_ecs::types::ContainerDefinition {
+    aws_sdk_ecs::types::ContainerDefinition::builder()
+        .name(name)
+        .image("busybox:latest")
+        .memory(memory)
+        .build()
+}
+
+/// Waits (bounded) until `check` holds, polling; panics with `what` otherwise.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("condition never held: {what}");
+}
