@@ -221,6 +221,7 @@ pub struct RunTaskRequest {
     pub placement_strategy: Vec<PlacementStrategy>,
     pub platform_version: Option<String>,
     pub propagate_tags: Option<String>,
+    #[serde(rename = "enableECSManagedTags")]
     pub enable_ecs_managed_tags: Option<bool>,
     pub enable_execute_command: Option<bool>,
     pub reference_id: Option<String>,
@@ -240,6 +241,7 @@ pub struct StartTaskRequest {
     pub tags: Vec<Tag>,
     pub overrides: Option<TaskOverride>,
     pub propagate_tags: Option<String>,
+    #[serde(rename = "enableECSManagedTags")]
     pub enable_ecs_managed_tags: Option<bool>,
     pub enable_execute_command: Option<bool>,
     pub reference_id: Option<String>,

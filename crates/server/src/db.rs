@@ -60,6 +60,11 @@ impl Keys {
         }
     }
 
+    /// `r/{account}/{region}/`: the prefix of everything in this scope.
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
     pub fn clusters(&self) -> String {
         format!("{}cluster/", self.root)
     }

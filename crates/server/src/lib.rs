@@ -4,6 +4,7 @@
 //! returns a handle that shuts it down, so tests run servers in-process on port 0.
 
 pub mod agents;
+pub mod cache;
 pub mod db;
 pub mod engine;
 pub mod http;
@@ -115,7 +116,12 @@ pub async fn start(
         source,
     })?;
     let shutdown = CancellationToken::new();
-    let engine = Engine::new(db::Db::new(store.clone()), config.engine.clone());
+    let cache = Arc::new(cache::StateCache::new());
+    let engine = Engine::new(
+        db::Db::new(store.clone()),
+        config.engine.clone(),
+        cache.clone(),
+    );
     let agents = Arc::new(agents::Agents::new(
         engine.clone(),
         config.heartbeat_interval,
@@ -145,6 +151,7 @@ pub async fn start(
         agents.run_change_router(store.clone(), shutdown.clone()),
     ));
     tasks.push(tokio::spawn(janitor::run(engine.clone(), shutdown.clone())));
+    tasks.push(tokio::spawn(cache.run(store.clone(), shutdown.clone())));
     tracing::info!(%local_addr, "control plane listening");
     Ok(RunningServer {
         local_addr,

@@ -2,21 +2,23 @@
 
 use std::collections::BTreeMap;
 
-use flotilla_model::{ContainerInstance, ContainerInstanceStatus, Task, TaskStatus};
+use flotilla_model::{ContainerInstance, ContainerInstanceStatus, TaskStatus};
 use flotilla_scheduler::Host;
 
-use crate::db::Versioned;
+use crate::cache::TaskSummary;
 
 /// One `Host` per instance, in the same order, with task groups and running counts.
-pub fn hosts(instances: &[ContainerInstance], tasks: &[Versioned<Task>]) -> Vec<Host> {
+pub fn hosts<'a>(
+    instances: &[ContainerInstance],
+    tasks: impl IntoIterator<Item = &'a TaskSummary>,
+) -> Vec<Host> {
     let mut groups: BTreeMap<&str, BTreeMap<String, u32>> = BTreeMap::new();
     let mut running: BTreeMap<&str, u32> = BTreeMap::new();
     for task in tasks {
-        let task = &task.value;
         if task.last_status == TaskStatus::Stopped {
             continue;
         }
-        if let Some(instance_id) = task.container_instance_id.as_deref() {
+        if let Some(instance_id) = task.instance_id.as_deref() {
             if let Some(group) = &task.group {
                 *groups
                     .entry(instance_id)

@@ -1225,3 +1225,474 @@ async fn default_cluster_is_created_on_first_use() {
         Some("default")
     );
 }
+
+#[tokio::test]
+async fn start_task_register_container_instance_and_capacity_providers() {
+    let t = start().await;
+    let c = &t.client;
+    c.create_cluster().cluster_name("st").send().await.unwrap();
+    // Registration through the ECS API itself (as AWS's own agent does).
+    let registered = c
+        .register_container_instance()
+        .cluster("st")
+        .instance_identity_document(r#"{"instanceId": "i-0123456789abcdef0"}"#)
+        .total_resources(
+            aws_sdk_ecs::types::Resource::builder()
+                .name("CPU")
+                .r#type("INTEGER")
+                .integer_value(1024)
+                .build(),
+        )
+        .total_resources(
+            aws_sdk_ecs::types::Resource::builder()
+                .name("MEMORY")
+                .r#type("INTEGER")
+                .integer_value(512)
+                .build(),
+        )
+        .attributes(
+            aws_sdk_ecs::types::Attribute::builder()
+                .name("ecs.availability-zone")
+                .value("zone-b")
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .container_instance
+        .unwrap();
+    assert_eq!(
+        registered.ec2_instance_id.as_deref(),
+        Some("i-0123456789abcdef0")
+    );
+    assert_eq!(registered.status.as_deref(), Some("ACTIVE"));
+    let registered_arn = registered.container_instance_arn.clone().unwrap();
+    // Re-registering the same EC2 instance keeps its identity.
+    let again = c
+        .register_container_instance()
+        .cluster("st")
+        .instance_identity_document(r#"{"instanceId": "i-0123456789abcdef0"}"#)
+        .total_resources(
+            aws_sdk_ecs::types::Resource::builder()
+                .name("CPU")
+                .r#type("INTEGER")
+                .integer_value(1024)
+                .build(),
+        )
+        .total_resources(
+            aws_sdk_ecs::types::Resource::builder()
+                .name("MEMORY")
+                .r#type("INTEGER")
+                .integer_value(512)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        again
+            .container_instance
+            .unwrap()
+            .container_instance_arn
+            .as_deref(),
+        Some(registered_arn.as_str())
+    );
+
+    c.register_task_definition()
+        .family("st")
+        .container_definitions(container("app", 256))
+        .send()
+        .await
+        .unwrap();
+    let started = c
+        .start_task()
+        .cluster("st")
+        .task_definition("st")
+        .container_instances(&registered_arn)
+        .container_instances(&registered_arn)
+        .container_instances("ghost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        started.tasks.unwrap().len(),
+        2,
+        "two tasks of 256 MiB fit in 512"
+    );
+    let failures = started.failures.unwrap();
+    assert!(
+        failures
+            .iter()
+            .any(|f| f.reason.as_deref() == Some("MISSING"))
+    );
+    let full = c
+        .start_task()
+        .cluster("st")
+        .task_definition("st")
+        .container_instances(&registered_arn)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        full.failures.unwrap()[0].reason.as_deref(),
+        Some("RESOURCE:MEMORY")
+    );
+
+    let providers = c.describe_capacity_providers().send().await.unwrap();
+    let names: Vec<String> = providers
+        .capacity_providers
+        .unwrap()
+        .into_iter()
+        .filter_map(|p| p.name)
+        .collect();
+    assert_eq!(names, vec!["FARGATE".to_owned(), "FARGATE_SPOT".to_owned()]);
+    let missing = c
+        .describe_capacity_providers()
+        .capacity_providers("mine")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        missing.failures.unwrap()[0].reason.as_deref(),
+        Some("MISSING")
+    );
+
+    let updated = c
+        .update_cluster()
+        .cluster("st")
+        .configuration(
+            aws_sdk_ecs::types::ClusterConfiguration::builder()
+                .execute_command_configuration(
+                    aws_sdk_ecs::types::ExecuteCommandConfiguration::builder()
+                        .logging(aws_sdk_ecs::types::ExecuteCommandLogging::Default)
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(updated.cluster.unwrap().configuration.is_some());
+    let error = c.update_cluster().cluster("nope").send().await.unwrap_err();
+    assert_eq!(code(&error), "ClusterNotFoundException");
+}
+
+#[tokio::test]
+async fn list_tasks_filters_and_pages() {
+    let t = start().await;
+    let c = &t.client;
+    c.create_cluster().cluster_name("lt").send().await.unwrap();
+    let a = FakeAgent::start(
+        &t.endpoint,
+        FakeHost::new("lt", 100_000, 100_000),
+        FakeMode::AutoRun,
+    )
+    .await
+    .unwrap();
+    let b = FakeAgent::start(
+        &t.endpoint,
+        FakeHost::new("lt", 100_000, 100_000),
+        FakeMode::AutoRun,
+    )
+    .await
+    .unwrap();
+    c.register_task_definition()
+        .family("one")
+        .container_definitions(container("app", 8))
+        .send()
+        .await
+        .unwrap();
+    c.register_task_definition()
+        .family("two")
+        .container_definitions(container("app", 8))
+        .send()
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        c.run_task()
+            .cluster("lt")
+            .task_definition("one")
+            .count(4)
+            .started_by("me")
+            .send()
+            .await
+            .unwrap();
+    }
+    let placed = c
+        .start_task()
+        .cluster("lt")
+        .task_definition("two")
+        .container_instances(&b.container_instance_arn)
+        .enable_ecs_managed_tags(true)
+        .send()
+        .await
+        .unwrap();
+    let two_arn = placed.tasks.unwrap()[0].task_arn.clone().unwrap();
+    let tags = c
+        .list_tags_for_resource()
+        .resource_arn(&two_arn)
+        .send()
+        .await
+        .unwrap()
+        .tags
+        .unwrap();
+    assert_eq!(tags[0].key.as_deref(), Some("aws:ecs:clusterName"));
+    let all: Vec<String> = c
+        .list_tasks()
+        .cluster("lt")
+        .max_results(5)
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 13);
+    let one = c
+        .list_tasks()
+        .cluster("lt")
+        .family("one")
+        .send()
+        .await
+        .unwrap()
+        .task_arns
+        .unwrap();
+    assert_eq!(one.len(), 12);
+    let mine = c
+        .list_tasks()
+        .cluster("lt")
+        .started_by("me")
+        .send()
+        .await
+        .unwrap()
+        .task_arns
+        .unwrap();
+    assert_eq!(mine.len(), 12);
+    let on_b = c
+        .list_tasks()
+        .cluster("lt")
+        .container_instance(&b.container_instance_arn)
+        .send()
+        .await
+        .unwrap()
+        .task_arns
+        .unwrap();
+    let on_a = c
+        .list_tasks()
+        .cluster("lt")
+        .container_instance(&a.container_instance_arn)
+        .send()
+        .await
+        .unwrap()
+        .task_arns
+        .unwrap();
+    assert_eq!(on_a.len() + on_b.len(), 13);
+    assert!(on_b.contains(&two_arn));
+    let fargate = c
+        .list_tasks()
+        .cluster("lt")
+        .launch_type(aws_sdk_ecs::types::LaunchType::Fargate)
+        .send()
+        .await
+        .unwrap();
+    assert!(fargate.task_arns.unwrap().is_empty());
+    let error = c
+        .run_task()
+        .cluster("lt")
+        .task_definition("one")
+        .platform_version("LATEST")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&error), "InvalidParameterException");
+}
+
+#[tokio::test]
+async fn placement_constraints_and_strategies_through_run_task() {
+    let t = start().await;
+    let c = &t.client;
+    c.create_cluster().cluster_name("pl").send().await.unwrap();
+    let mut zone_b = FakeHost::new("pl", 4096, 4096);
+    zone_b.zone = "zone-b".into();
+    zone_b.attributes.push(("stack".into(), "prod".into()));
+    let a = FakeAgent::start(
+        &t.endpoint,
+        FakeHost::new("pl", 4096, 4096),
+        FakeMode::AutoRun,
+    )
+    .await
+    .unwrap();
+    let b = FakeAgent::start(&t.endpoint, zone_b, FakeMode::AutoRun)
+        .await
+        .unwrap();
+    c.register_task_definition()
+        .family("pl")
+        .container_definitions(container("app", 64))
+        .send()
+        .await
+        .unwrap();
+    let only_prod = c
+        .run_task()
+        .cluster("pl")
+        .task_definition("pl")
+        .count(3)
+        .placement_constraints(
+            aws_sdk_ecs::types::PlacementConstraint::builder()
+                .r#type(aws_sdk_ecs::types::PlacementConstraintType::MemberOf)
+                .expression("attribute:stack == prod")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    for task in only_prod.tasks.unwrap() {
+        assert_eq!(
+            task.container_instance_arn.as_deref(),
+            Some(b.container_instance_arn.as_str())
+        );
+    }
+    let spread = c
+        .run_task()
+        .cluster("pl")
+        .task_definition("pl")
+        .group("spread-me")
+        .count(4)
+        .placement_strategy(
+            aws_sdk_ecs::types::PlacementStrategy::builder()
+                .r#type(aws_sdk_ecs::types::PlacementStrategyType::Spread)
+                .field("attribute:ecs.availability-zone")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let on_a = spread
+        .tasks
+        .unwrap()
+        .iter()
+        .filter(|t| t.container_instance_arn.as_deref() == Some(a.container_instance_arn.as_str()))
+        .count();
+    assert_eq!(on_a, 2, "spread by zone puts two tasks in each zone");
+    let distinct = c
+        .run_task()
+        .cluster("pl")
+        .task_definition("pl")
+        .group("one-each")
+        .count(3)
+        .placement_constraints(
+            aws_sdk_ecs::types::PlacementConstraint::builder()
+                .r#type(aws_sdk_ecs::types::PlacementConstraintType::DistinctInstance)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(distinct.tasks.unwrap().len(), 2);
+    assert!(
+        distinct
+            .failures
+            .unwrap()
+            .iter()
+            .all(|f| f.reason.as_deref()
+                == Some("DistinctInstance placement constraint unsatisfied."))
+    );
+    let error = c
+        .run_task()
+        .cluster("pl")
+        .task_definition("pl")
+        .placement_constraints(
+            aws_sdk_ecs::types::PlacementConstraint::builder()
+                .r#type(aws_sdk_ecs::types::PlacementConstraintType::MemberOf)
+                .expression("attribute:stack =")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&error), "InvalidParameterException");
+    assert!(message(&error).contains("position"), "{}", message(&error));
+}
+
+#[tokio::test]
+async fn concurrent_run_tasks_never_oversubscribe_a_host() {
+    let t = start().await;
+    let c = &t.client;
+    c.create_cluster().cluster_name("cc").send().await.unwrap();
+    let _hosts = [
+        FakeAgent::start(
+            &t.endpoint,
+            FakeHost::new("cc", 1024, 1024),
+            FakeMode::Manual,
+        )
+        .await
+        .unwrap(),
+        FakeAgent::start(
+            &t.endpoint,
+            FakeHost::new("cc", 1024, 1024),
+            FakeMode::Manual,
+        )
+        .await
+        .unwrap(),
+    ];
+    c.register_task_definition()
+        .family("cc")
+        .container_definitions(
+            aws_sdk_ecs::types::ContainerDefinition::builder()
+                .name("app")
+                .image("busybox")
+                .cpu(128)
+                .memory(128)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    // 2 hosts x 8 slots = 16 slots; 40 concurrent requests for one task each.
+    let mut calls = Vec::new();
+    for _ in 0..40 {
+        let c = c.clone();
+        calls.push(tokio::spawn(async move {
+            c.run_task()
+                .cluster("cc")
+                .task_definition("cc")
+                .send()
+                .await
+        }));
+    }
+    let mut placed = 0;
+    for call in calls {
+        placed += call.await.unwrap().unwrap().tasks.unwrap().len();
+    }
+    assert_eq!(placed, 16, "exactly the capacity is placed, never more");
+    let instances = c
+        .list_container_instances()
+        .cluster("cc")
+        .send()
+        .await
+        .unwrap()
+        .container_instance_arns
+        .unwrap();
+    let described = c
+        .describe_container_instances()
+        .cluster("cc")
+        .set_container_instances(Some(instances))
+        .send()
+        .await
+        .unwrap();
+    for instance in described.container_instances.unwrap() {
+        let remaining = instance.remaining_resources.unwrap();
+        let cpu = remaining
+            .iter()
+            .find(|r| r.name.as_deref() == Some("CPU"))
+            .unwrap()
+            .integer_value;
+        let memory = remaining
+            .iter()
+            .find(|r| r.name.as_deref() == Some("MEMORY"))
+            .unwrap()
+            .integer_value;
+        assert_eq!((cpu, memory), (0, 0));
+        assert_eq!(instance.pending_tasks_count, 8);
+    }
+}

@@ -153,15 +153,11 @@ impl Engine {
         ctx: &RequestContext,
         cluster: &str,
     ) -> Result<ClusterCounts, EcsError> {
-        let keys = ctx.keys();
-        let instances = self
-            .db
-            .list::<ContainerInstance>(&keys.instances(cluster))
-            .await?;
-        let tasks = self.db.list::<Task>(&keys.tasks(cluster)).await?;
+        let snapshot = self.snapshot(ctx, cluster).await?;
         let mut counts = ClusterCounts {
-            registered_container_instances: instances
-                .iter()
+            registered_container_instances: snapshot
+                .instances
+                .values()
                 .filter(|i| {
                     matches!(
                         i.value.status,
@@ -171,9 +167,9 @@ impl Engine {
                 .count() as u64,
             ..Default::default()
         };
-        for task in &tasks {
-            let fargate = task.value.launch_type == LaunchType::Fargate;
-            match task.value.last_status {
+        for task in snapshot.tasks.values() {
+            let fargate = task.launch_type == LaunchType::Fargate;
+            match task.last_status {
                 TaskStatus::Running => {
                     if fargate {
                         counts.running_fargate_tasks += 1

@@ -235,12 +235,12 @@ impl Engine {
         cluster: &str,
         instances: Vec<ContainerInstance>,
     ) -> Result<Vec<ContainerInstance>, EcsError> {
-        let tasks = self.db.list::<Task>(&ctx.keys().tasks(cluster)).await?;
+        let snapshot = self.snapshot(ctx, cluster).await?;
         let mut counts: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
-        for task in &tasks {
-            if let Some(id) = task.value.container_instance_id.as_deref() {
+        for task in snapshot.tasks.values() {
+            if let Some(id) = task.instance_id.as_deref() {
                 let entry = counts.entry(id).or_default();
-                match task.value.last_status {
+                match task.last_status {
                     TaskStatus::Running => entry.0 += 1,
                     status if status.is_pending() => entry.1 += 1,
                     _ => {}
@@ -354,11 +354,8 @@ impl Engine {
                 let instances = self
                     .with_counts(ctx, &cluster.value.name, instances)
                     .await?;
-                let tasks = self
-                    .db
-                    .list::<Task>(&ctx.keys().tasks(&cluster.value.name))
-                    .await?;
-                let hosts = crate::placement::hosts(&instances, &tasks);
+                let snapshot = self.snapshot(ctx, &cluster.value.name).await?;
+                let hosts = crate::placement::hosts(&instances, snapshot.tasks.values());
                 instances
                     .into_iter()
                     .zip(hosts)

@@ -2,6 +2,7 @@
 //! store and returns the encoded response. Reads, decides, then commits with compare-and-swap
 //! so that concurrent requests (and several control-plane replicas) never lose an update.
 
+mod applier;
 mod attributes;
 mod clusters;
 mod instances;
@@ -60,6 +61,17 @@ impl Default for EngineConfig {
 pub struct Engine {
     pub(crate) db: Db,
     pub config: Arc<EngineConfig>,
+    pub(crate) cache: Arc<crate::cache::StateCache>,
+    /// One placement at a time per cluster in this process (the plan applier): concurrent
+    /// RunTasks queue here instead of colliding on the same hosts' revisions.
+    placement_locks:
+        Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// The plan applier of each cluster (see `applier`).
+    pub(crate) appliers: Arc<
+        std::sync::Mutex<
+            std::collections::HashMap<String, tokio::sync::mpsc::Sender<applier::PlacementJob>>,
+        >,
+    >,
 }
 
 /// The cluster every call that names none uses, created on first use as in ECS.
@@ -68,11 +80,39 @@ pub const DEFAULT_CLUSTER: &str = "default";
 pub const LIST_RESULTS_MAX: usize = 100;
 
 impl Engine {
-    pub fn new(db: Db, config: EngineConfig) -> Self {
+    pub fn new(db: Db, config: EngineConfig, cache: Arc<crate::cache::StateCache>) -> Self {
         Self {
             db,
             config: Arc::new(config),
+            cache,
+            placement_locks: Default::default(),
+            appliers: Default::default(),
         }
+    }
+
+    /// The placement lock of one cluster.
+    pub(crate) fn placement_lock(&self, cluster_key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .placement_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        locks.entry(cluster_key.to_owned()).or_default().clone()
+    }
+
+    /// A snapshot of a cluster that includes every write committed before this call.
+    pub(crate) async fn snapshot(
+        &self,
+        ctx: &RequestContext,
+        cluster: &str,
+    ) -> Result<Arc<crate::cache::ClusterState>, EcsError> {
+        let revision = self
+            .db
+            .store
+            .revision()
+            .await
+            .map_err(crate::db::store_error)?;
+        self.cache.wait_for(revision).await;
+        Ok(self.cache.cluster(ctx.keys().root(), cluster))
     }
 
     pub fn db(&self) -> &Db {

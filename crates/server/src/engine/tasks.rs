@@ -20,7 +20,7 @@ use flotilla_scheduler::{Constraint, PlacementRequest};
 use serde::{Deserialize, Serialize};
 
 use super::task_definitions::parse_tags_include;
-use super::{Engine, RequestContext, contention, max_results, new_id, paginate, validate_tags};
+use super::{Engine, RequestContext, contention, max_results, new_id, validate_tags};
 use crate::db::{CAS_RETRIES_MAX, TxnBuilder, Versioned};
 
 /// ECS: RunTask starts at most 10 tasks per call.
@@ -31,20 +31,20 @@ const STRATEGIES_PER_REQUEST_MAX: usize = 5;
 
 /// What a RunTask clientToken remembers.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct RunTaskToken {
-    fingerprint: String,
-    task_ids: Vec<String>,
-    expires_at: Timestamp,
+pub(crate) struct RunTaskToken {
+    pub fingerprint: String,
+    pub task_ids: Vec<String>,
+    pub expires_at: Timestamp,
 }
 
 /// A validated placement request shared by RunTask and StartTask.
-struct Launch {
-    task_definition: TaskDefinition,
-    overrides: TaskOverride,
-    group: String,
-    started_by: Option<String>,
-    tags: Vec<Tag>,
-    enable_execute_command: bool,
+pub(crate) struct Launch {
+    pub(crate) task_definition: TaskDefinition,
+    pub(crate) overrides: TaskOverride,
+    pub(crate) group: String,
+    pub(crate) started_by: Option<String>,
+    pub(crate) tags: Vec<Tag>,
+    pub(crate) enable_execute_command: bool,
 }
 
 /// The members RunTask and StartTask share.
@@ -55,6 +55,8 @@ struct LaunchInput<'a> {
     tags: Vec<Tag>,
     propagate_tags: Option<&'a str>,
     enable_execute_command: Option<bool>,
+    /// `enableECSManagedTags`: tag the task with `aws:ecs:clusterName`.
+    managed_tags_cluster: Option<&'a str>,
 }
 
 impl Engine {
@@ -69,6 +71,7 @@ impl Engine {
             tags,
             propagate_tags,
             enable_execute_command,
+            managed_tags_cluster,
         } = input;
         if td.value.status != TaskDefinitionStatus::Active {
             return Err(EcsError::client(format!(
@@ -104,6 +107,15 @@ impl Engine {
                     "Invalid propagateTags '{other}'; for standalone tasks use TASK_DEFINITION or NONE."
                 )));
             }
+        }
+        if let Some(cluster) = managed_tags_cluster {
+            flotilla_model::merge_tags(
+                &mut tags,
+                &[Tag {
+                    key: "aws:ecs:clusterName".into(),
+                    value: cluster.into(),
+                }],
+            );
         }
         Ok(Launch {
             task_definition: td.value.clone(),
@@ -147,6 +159,11 @@ impl Engine {
                     "Invalid launchType '{other}'; accepted: EC2, FARGATE, EXTERNAL, MANAGED_INSTANCES."
                 )));
             }
+        }
+        if request.platform_version.is_some() {
+            return Err(EcsError::invalid(
+                "platformVersion applies only to tasks using the FARGATE launch type.",
+            ));
         }
         if !request.capacity_provider_strategy.is_empty() {
             return Err(EcsError::UnsupportedFeature(
@@ -201,6 +218,10 @@ impl Engine {
                 tags: request.tags.clone(),
                 propagate_tags: request.propagate_tags.as_deref(),
                 enable_execute_command: request.enable_execute_command,
+                managed_tags_cluster: request
+                    .enable_ecs_managed_tags
+                    .unwrap_or(false)
+                    .then_some(cluster_name.as_str()),
             },
         )?;
         let keys = ctx.keys();
@@ -218,105 +239,23 @@ impl Engine {
             request.placement_strategy,
             request.launch_type
         );
-        for _ in 0..CAS_RETRIES_MAX {
-            let existing_token = match &token_key {
-                Some(key) => self.db.get::<RunTaskToken>(key).await?,
-                None => None,
-            };
-            if let Some(token) = existing_token
-                .as_ref()
-                .filter(|t| t.value.expires_at > ctx.now)
-            {
-                if token.value.fingerprint != fingerprint {
-                    return Err(EcsError::Conflict(
-                        "The clientToken was already used with different parameters.".to_owned(),
-                    ));
-                }
-                let mut tasks = Vec::new();
-                for id in &token.value.task_ids {
-                    if let Some(task) = self.db.get::<Task>(&keys.task(&cluster_name, id)).await? {
-                        tasks.push(responses::task(&task.value, true));
-                    }
-                }
-                return Ok(TasksResponse {
-                    tasks,
-                    failures: Vec::new(),
-                });
-            }
-            let instances = self
-                .db
-                .list::<ContainerInstance>(&keys.instances(&cluster_name))
-                .await?;
-            let instances: Vec<Versioned<ContainerInstance>> = instances
-                .into_iter()
-                .filter(|i| i.value.status != ContainerInstanceStatus::Inactive)
-                .collect();
-            if !instances
-                .iter()
-                .any(|i| i.value.status == ContainerInstanceStatus::Active)
-            {
-                return Err(EcsError::invalid(
-                    "No Container Instances were found in your cluster.",
-                ));
-            }
-            let tasks = self.db.list::<Task>(&keys.tasks(&cluster_name)).await?;
-            let records: Vec<ContainerInstance> =
-                instances.iter().map(|i| i.value.clone()).collect();
-            let hosts = crate::placement::hosts(&records, &tasks);
-            let placement_request = PlacementRequest {
-                demand: task_demand(&launch.task_definition, &launch.overrides),
-                count: count as usize,
-                group: launch.group.clone(),
-                constraints: constraints.clone(),
-                strategies: strategies.clone(),
-            };
-            let result = flotilla_scheduler::place(&hosts, &placement_request, rand::random());
-            let failures: Vec<Failure> = if result.unplaced > 0 {
-                result
-                    .rejections
-                    .iter()
-                    .map(|r| Failure::new(hosts[r.host_index].arn.clone(), r.reason.ecs_reason()))
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            if result.placements.is_empty() {
-                return Ok(TasksResponse {
-                    tasks: Vec::new(),
-                    failures,
-                });
-            }
-            let placements: Vec<(usize, Reservation)> = result
-                .placements
-                .into_iter()
-                .map(|p| (p.host_index, p.reservation))
-                .collect();
-            let (txn, created) = self.build_launch(
-                ctx,
-                &cluster.value.arn,
-                &cluster_name,
-                &launch,
-                &instances,
-                placements,
-            );
-            let mut txn = txn;
-            if let (Some(key), true) = (&token_key, !created.is_empty()) {
-                let record = RunTaskToken {
-                    fingerprint: fingerprint.clone(),
-                    task_ids: created.iter().map(|t| t.id.clone()).collect(),
-                    expires_at: ctx.now.plus_millis(self.config.client_token_retention_ms),
-                };
-                txn.expect(key, existing_token.as_ref().map_or(0, |t| t.mod_revision))
-                    .put(key, &record);
-            }
-            if self.db.commit(txn.build()).await?.is_some() {
-                return Ok(TasksResponse {
-                    tasks: created.iter().map(|t| responses::task(t, true)).collect(),
-                    failures,
-                });
-            }
-        }
-        Err(contention())
+        let placement_request = PlacementRequest {
+            demand: task_demand(&launch.task_definition, &launch.overrides),
+            count: count as usize,
+            group: launch.group.clone(),
+            constraints,
+            strategies,
+        };
+        self.apply_placement(super::applier::PlacementJob {
+            ctx: ctx.clone(),
+            cluster_arn: cluster.value.arn.clone(),
+            cluster_name,
+            launch,
+            request: placement_request,
+            token: token_key.map(|key| super::applier::TokenSpec { key, fingerprint }),
+            reply: tokio::sync::oneshot::channel().0,
+        })
+        .await
     }
 
     /// The transaction that creates tasks at their placements, reserving on each host only
@@ -329,7 +268,7 @@ impl Engine {
         launch: &Launch,
         instances: &[Versioned<ContainerInstance>],
         placements: Vec<(usize, Reservation)>,
-    ) -> (TxnBuilder, Vec<Task>) {
+    ) -> (TxnBuilder, Vec<Task>, Vec<ContainerInstance>) {
         let keys = ctx.keys();
         let mut txn = TxnBuilder::new();
         let mut touched: std::collections::BTreeMap<usize, ContainerInstance> =
@@ -356,11 +295,13 @@ impl Engine {
             );
             created.push(task);
         }
+        let mut updated = Vec::with_capacity(touched.len());
         for (host_index, mut instance) in touched {
             instance.version += 1;
             txn.replace(&instances[host_index], &instance);
+            updated.push(instance);
         }
-        (txn, created)
+        (txn, created, updated)
     }
 
     pub(crate) async fn start_task(
@@ -388,10 +329,17 @@ impl Engine {
                 tags: request.tags.clone(),
                 propagate_tags: request.propagate_tags.as_deref(),
                 enable_execute_command: request.enable_execute_command,
+                managed_tags_cluster: request
+                    .enable_ecs_managed_tags
+                    .unwrap_or(false)
+                    .then_some(cluster_name.as_str()),
             },
         )?;
         let keys = ctx.keys();
         let demand = task_demand(&launch.task_definition, &launch.overrides);
+        // One placement per cluster at a time in this process (see `Engine::placement_lock`).
+        let placing = self.placement_lock(&keys.cluster(&cluster_name));
+        let _placing = placing.lock().await;
         for _ in 0..CAS_RETRIES_MAX {
             let mut instances = Vec::new();
             let mut failures = Vec::new();
@@ -399,6 +347,14 @@ impl Engine {
             let mut wanted: Vec<(usize, String)> = Vec::new();
             for reference in &request.container_instances {
                 let id = last_segment(reference);
+                // The same instance may be named twice: read it once, place on it twice.
+                if let Some(index) = instances
+                    .iter()
+                    .position(|i: &Versioned<ContainerInstance>| i.value.id == id)
+                {
+                    wanted.push((index, instances[index].value.arn.clone()));
+                    continue;
+                }
                 match self
                     .db
                     .get::<ContainerInstance>(&keys.instance(&cluster_name, id))
@@ -415,10 +371,10 @@ impl Engine {
                     )),
                 }
             }
-            let tasks = self.db.list::<Task>(&keys.tasks(&cluster_name)).await?;
+            let snapshot = self.snapshot(ctx, &cluster_name).await?;
             let records: Vec<ContainerInstance> =
                 instances.iter().map(|i| i.value.clone()).collect();
-            let hosts = crate::placement::hosts(&records, &tasks);
+            let hosts = crate::placement::hosts(&records, snapshot.tasks.values());
             // Each named instance gets one task; reserve in order so a repeated instance
             // sees the earlier reservation.
             let mut remaining: Vec<_> = hosts.clone();
@@ -439,7 +395,7 @@ impl Engine {
                     failures,
                 });
             }
-            let (txn, created) = self.build_launch(
+            let (txn, created, updated) = self.build_launch(
                 ctx,
                 &cluster.value.arn,
                 &cluster_name,
@@ -447,7 +403,9 @@ impl Engine {
                 &instances,
                 placements,
             );
-            if self.db.commit(txn.build()).await?.is_some() {
+            if let Some(revision) = self.db.commit(txn.build()).await? {
+                self.cache
+                    .committed(&updated, &created, keys.root(), revision);
                 return Ok(TasksResponse {
                     tasks: created.iter().map(|t| responses::task(t, true)).collect(),
                     failures,
@@ -561,30 +519,27 @@ impl Engine {
         }
         let cluster = self.active_cluster(ctx, request.cluster.as_deref()).await?;
         let cluster_name = cluster.value.name.clone();
-        let keys = ctx.keys();
-        let tasks: Vec<Task> = match request.container_instance.as_deref() {
-            Some(instance) => {
-                let id = last_segment(instance);
-                self.instance_tasks(ctx, &cluster_name, id)
-                    .await?
-                    .into_iter()
-                    .map(|t| t.value)
-                    .collect()
-            }
-            None => self
-                .db
-                .list::<Task>(&keys.tasks(&cluster_name))
-                .await?
-                .into_iter()
-                .map(|t| t.value)
-                .collect(),
+        let snapshot = self.snapshot(ctx, &cluster_name).await?;
+        let instance_id = request.container_instance.as_deref().map(last_segment);
+        // Tasks are kept in id order, so a page starts right after the last id returned.
+        let token_prefix = format!("tasks:{cluster_name}:");
+        let after = super::decode_token(request.next_token.as_deref(), &token_prefix)?
+            .map(|key| key[token_prefix.len()..].to_owned());
+        let range = match &after {
+            Some(id) => snapshot.tasks.range::<String, _>((
+                std::ops::Bound::Excluded(id.clone()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => snapshot.tasks.range::<String, _>(..),
         };
+        let tasks = range
+            .map(|(_, t)| t)
+            .filter(|t| instance_id.is_none_or(|id| t.instance_id.as_deref() == Some(id)));
         let service_group = request
             .service_name
             .as_deref()
             .map(|s| format!("service:{}", last_segment(s)));
-        let arns: Vec<String> = tasks
-            .into_iter()
+        let arns: Vec<(String, String)> = tasks
             .filter(|t| match desired {
                 // ECS lists PENDING-desired tasks under RUNNING too.
                 DesiredStatus::Running => t.desired_status != DesiredStatus::Stopped,
@@ -603,14 +558,12 @@ impl Engine {
                     .is_none_or(|g| t.group.as_ref() == Some(g))
             })
             .filter(|t| launch_type.is_none_or(|l| t.launch_type == l))
-            .map(|t| t.arn)
+            .take(limit + 1)
+            .map(|t| (t.id.clone(), t.arn.clone()))
             .collect();
-        let (arns, next_token) = paginate(
-            arns,
-            request.next_token.as_deref(),
-            limit,
-            &format!("tasks:{cluster_name}:"),
-        )?;
+        let next_token = (arns.len() > limit)
+            .then(|| super::encode_token(&format!("{token_prefix}{}", arns[limit - 1].0)));
+        let arns: Vec<String> = arns.into_iter().take(limit).map(|(_, arn)| arn).collect();
         Ok(ListResponse {
             items: ListItems::TaskArns(arns),
             next_token,
@@ -623,7 +576,7 @@ fn parse_constraint(kind: Option<&str>, expression: Option<&str>) -> Result<Cons
         .map_err(|e| EcsError::invalid(e.to_string()))
 }
 
-fn new_task(
+pub(crate) fn new_task(
     ctx: &RequestContext,
     cluster_arn: &str,
     cluster_name: &str,

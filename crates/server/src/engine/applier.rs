@@ -1,0 +1,294 @@
+//! The plan applier: one worker per cluster takes RunTask placements off a bounded queue,
+//! decides a whole batch against one snapshot (each placement sees the ones before it), and
+//! commits the batch in one compare-and-swap transaction, so one fsync covers many
+//! requests and two placements can never oversubscribe a host.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use flotilla_api::responses::{self, Failure, TasksResponse};
+use flotilla_model::resources::Reservation;
+use flotilla_model::{ContainerInstance, ContainerInstanceStatus, EcsError, Task};
+use flotilla_scheduler::PlacementRequest;
+use tokio::sync::{mpsc, oneshot};
+
+use super::tasks::{Launch, RunTaskToken, new_task};
+use super::{Engine, RequestContext, contention};
+use crate::db::{CAS_RETRIES_MAX, TxnBuilder, Versioned};
+
+/// Placements that may wait for a cluster's applier.
+const QUEUE_MAX: usize = 1024;
+/// Placements decided and committed together.
+const JOBS_PER_BATCH_MAX: usize = 64;
+/// An idle applier stops after this long (a new one starts with the next placement).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What one job placed (tasks) and could not place (failures), or why it was refused.
+type JobOutcome = Result<(Vec<Task>, Vec<Failure>), EcsError>;
+
+/// An idempotency token to check and record with the placement.
+pub(crate) struct TokenSpec {
+    pub key: String,
+    pub fingerprint: String,
+}
+
+/// One RunTask call's placement.
+pub(crate) struct PlacementJob {
+    pub ctx: RequestContext,
+    pub cluster_arn: String,
+    pub cluster_name: String,
+    pub launch: Launch,
+    pub request: PlacementRequest,
+    pub token: Option<TokenSpec>,
+    pub reply: oneshot::Sender<Result<TasksResponse, EcsError>>,
+}
+
+impl Engine {
+    /// Queues a placement on its cluster's applier and waits for the outcome.
+    pub(crate) async fn apply_placement(
+        &self,
+        job: PlacementJob,
+    ) -> Result<TasksResponse, EcsError> {
+        let cluster_key = job.ctx.keys().cluster(&job.cluster_name);
+        let (reply, answer) = oneshot::channel();
+        let mut job = PlacementJob { reply, ..job };
+        for _ in 0..2 {
+            let sender = self.applier(&cluster_key);
+            match sender.send(job).await {
+                Ok(()) => {
+                    return answer.await.unwrap_or_else(|_| {
+                        Err(EcsError::Server("The placement was abandoned.".into()))
+                    });
+                }
+                // The applier stopped (idle) just now: start a new one and send again.
+                Err(mpsc::error::SendError(returned)) => {
+                    self.appliers
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&cluster_key);
+                    job = returned;
+                }
+            }
+        }
+        Err(contention())
+    }
+
+    fn applier(&self, cluster_key: &str) -> mpsc::Sender<PlacementJob> {
+        let mut appliers = self.appliers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sender) = appliers.get(cluster_key).filter(|s| !s.is_closed()) {
+            return sender.clone();
+        }
+        let (sender, receiver) = mpsc::channel(QUEUE_MAX);
+        appliers.insert(cluster_key.to_owned(), sender.clone());
+        tokio::spawn(self.clone().run_applier(receiver));
+        sender
+    }
+
+    async fn run_applier(self, mut receiver: mpsc::Receiver<PlacementJob>) {
+        loop {
+            let first = match tokio::time::timeout(IDLE_TIMEOUT, receiver.recv()).await {
+                Ok(Some(job)) => job,
+                Ok(None) | Err(_) => return,
+            };
+            let mut batch = vec![first];
+            while batch.len() < JOBS_PER_BATCH_MAX {
+                match receiver.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.apply_batch(batch).await;
+        }
+    }
+
+    /// Answers a job whose token was used before, if it was.
+    async fn answer_from_token(
+        &self,
+        job: &PlacementJob,
+    ) -> Result<Option<TasksResponse>, EcsError> {
+        let Some(token) = &job.token else {
+            return Ok(None);
+        };
+        let Some(record) = self.db.get::<RunTaskToken>(&token.key).await? else {
+            return Ok(None);
+        };
+        if record.value.expires_at <= job.ctx.now {
+            return Ok(None);
+        }
+        if record.value.fingerprint != token.fingerprint {
+            return Err(EcsError::Conflict(
+                "The clientToken was already used with different parameters.".into(),
+            ));
+        }
+        let keys = job.ctx.keys();
+        let mut tasks = Vec::new();
+        for id in &record.value.task_ids {
+            if let Some(task) = self
+                .db
+                .get::<Task>(&keys.task(&job.cluster_name, id))
+                .await?
+            {
+                tasks.push(responses::task(&task.value, true));
+            }
+        }
+        Ok(Some(TasksResponse {
+            tasks,
+            failures: Vec::new(),
+        }))
+    }
+
+    async fn apply_batch(&self, mut jobs: Vec<PlacementJob>) {
+        for _ in 0..CAS_RETRIES_MAX {
+            // Jobs answered without placing (repeated tokens, errors) leave the batch.
+            let mut pending = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                match self.answer_from_token(&job).await {
+                    Ok(Some(answer)) => {
+                        let _ = job.reply.send(Ok(answer));
+                    }
+                    Ok(None) => pending.push(job),
+                    Err(error) => {
+                        let _ = job.reply.send(Err(error));
+                    }
+                }
+            }
+            jobs = pending;
+            if jobs.is_empty() {
+                return;
+            }
+            let ctx = &jobs[0].ctx;
+            let cluster_name = jobs[0].cluster_name.clone();
+            let keys = ctx.keys();
+            let snapshot = match self.snapshot(ctx, &cluster_name).await {
+                Ok(snapshot) => snapshot,
+                Err(error) => {
+                    for job in jobs {
+                        let _ = job.reply.send(Err(error.clone()));
+                    }
+                    return;
+                }
+            };
+            let instances: Vec<Versioned<ContainerInstance>> = snapshot
+                .instances
+                .values()
+                .filter(|i| i.value.status != ContainerInstanceStatus::Inactive)
+                .cloned()
+                .collect();
+            let records: Vec<ContainerInstance> =
+                instances.iter().map(|i| i.value.clone()).collect();
+            let mut hosts = crate::placement::hosts(&records, snapshot.tasks.values());
+            let any_active = instances
+                .iter()
+                .any(|i| i.value.status == ContainerInstanceStatus::Active);
+            let mut txn = TxnBuilder::new();
+            let mut touched: BTreeMap<usize, ContainerInstance> = BTreeMap::new();
+            let mut created_all: Vec<Task> = Vec::new();
+            let mut answers: Vec<JobOutcome> = Vec::with_capacity(jobs.len());
+            for job in &jobs {
+                if !any_active {
+                    answers.push(Err(EcsError::invalid(
+                        "No Container Instances were found in your cluster.",
+                    )));
+                    continue;
+                }
+                let result = flotilla_scheduler::place(&hosts, &job.request, rand::random());
+                let failures: Vec<Failure> = if result.unplaced > 0 {
+                    result
+                        .rejections
+                        .iter()
+                        .map(|r| {
+                            Failure::new(hosts[r.host_index].arn.clone(), r.reason.ecs_reason())
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let mut created = Vec::new();
+                for placement in result.placements {
+                    let i = placement.host_index;
+                    let reservation: Reservation = placement.reservation;
+                    let instance = touched
+                        .entry(i)
+                        .or_insert_with(|| instances[i].value.clone());
+                    instance.remaining.apply(&reservation);
+                    // Later jobs of this batch see this placement.
+                    hosts[i].remaining = instance.remaining.clone();
+                    *hosts[i]
+                        .task_groups
+                        .entry(job.launch.group.clone())
+                        .or_default() += 1;
+                    let task = new_task(
+                        &job.ctx,
+                        &job.cluster_arn,
+                        &cluster_name,
+                        &job.launch,
+                        instance,
+                        reservation,
+                    );
+                    let task_key = keys.task(&cluster_name, &task.id);
+                    txn.expect(&task_key, 0).put(&task_key, &task);
+                    txn.put(
+                        &keys.instance_task(&cluster_name, &instance.id, &task.id),
+                        &(),
+                    );
+                    created.push(task);
+                }
+                if let (Some(token), false) = (&job.token, created.is_empty()) {
+                    let record = RunTaskToken {
+                        fingerprint: token.fingerprint.clone(),
+                        task_ids: created.iter().map(|t| t.id.clone()).collect(),
+                        expires_at: job
+                            .ctx
+                            .now
+                            .plus_millis(self.config.client_token_retention_ms),
+                    };
+                    txn.put(&token.key, &record);
+                }
+                created_all.extend(created.iter().cloned());
+                answers.push(Ok((created, failures)));
+            }
+            let mut updated = Vec::with_capacity(touched.len());
+            for (i, mut instance) in touched {
+                instance.version += 1;
+                txn.replace(&instances[i], &instance);
+                updated.push(instance);
+            }
+            let committed = if txn.is_empty() {
+                Ok(Some(0))
+            } else {
+                self.db.commit(txn.build()).await
+            };
+            match committed {
+                Ok(Some(revision)) => {
+                    if revision > 0 {
+                        self.cache
+                            .committed(&updated, &created_all, keys.root(), revision);
+                    }
+                    for (job, answer) in jobs.into_iter().zip(answers) {
+                        let answer = answer.map(|(created, failures)| TasksResponse {
+                            tasks: created.iter().map(|t| responses::task(t, true)).collect(),
+                            failures,
+                        });
+                        let _ = job.reply.send(answer);
+                    }
+                    return;
+                }
+                Ok(None) => {
+                    // A host changed under us (a report, a drain): catch up and decide again.
+                    if let Ok(revision) = self.db.store.revision().await {
+                        self.cache.wait_for(revision).await;
+                    }
+                }
+                Err(error) => {
+                    for job in jobs {
+                        let _ = job.reply.send(Err(error.clone()));
+                    }
+                    return;
+                }
+            }
+        }
+        for job in jobs {
+            let _ = job.reply.send(Err(contention()));
+        }
+    }
+}
