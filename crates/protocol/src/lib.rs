@@ -203,3 +203,67 @@ pub struct ReportResponse {
     /// Task ARNs whose report was applied. Reports for unknown tasks are skipped.
     pub accepted: Vec<String>,
 }
+
+/// `X-Amz-Target` prefix of Flotilla's own operator calls (not ECS, not agent-to-server).
+pub const OPERATOR_TARGET_PREFIX: &str = "FlotillaV1";
+
+/// `FlotillaV1.LocateTaskLogs`: where the logs of a task's containers can be read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocateTaskLogsRequest {
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// A task id or ARN.
+    pub task: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocateTaskLogsResponse {
+    pub task_arn: String,
+    /// The agent's logs endpoint (`GET {endpoint}/v1/tasks/{task}/logs`).
+    pub endpoint: String,
+    pub containers: Vec<String>,
+}
+
+/// `FlotillaV1.ExplainPlacement`: host by host, would a task of this definition go there,
+/// and if not, why. Nothing is placed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExplainPlacementRequest {
+    #[serde(default)]
+    pub cluster: Option<String>,
+    pub task_definition: String,
+    /// The task group placement counts (default `family:FAMILY`).
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub placement_constraints: Vec<flotilla_model::task_definition::PlacementConstraint>,
+    #[serde(default)]
+    pub placement_strategy: Vec<flotilla_model::task_definition::PlacementStrategy>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostVerdict {
+    pub container_instance_arn: String,
+    pub ec2_instance_id: String,
+    pub fits: bool,
+    /// Why not, in ECS's words (`RESOURCE:MEMORY`, `MemberOf placement constraint unsatisfied.`, ...).
+    #[serde(default)]
+    pub reason: Option<String>,
+    pub remaining_cpu: i64,
+    pub remaining_memory: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExplainPlacementResponse {
+    /// CPU units and MiB one task needs.
+    pub cpu: i64,
+    pub memory: i64,
+    pub hosts: Vec<HostVerdict>,
+    /// Where RunTask would put one task now, if anywhere.
+    #[serde(default)]
+    pub chosen: Option<String>,
+}

@@ -120,6 +120,44 @@ impl Agents {
         }
     }
 
+    /// `FlotillaV1.LocateTaskLogs`: the logs endpoint of the agent that runs a task.
+    pub async fn locate_task_logs(
+        &self,
+        ctx: &RequestContext,
+        body: &[u8],
+    ) -> Result<Vec<u8>, ApiError> {
+        let request: LocateTaskLogsRequest = decode(body)?;
+        let cluster = self
+            .engine
+            .active_cluster(ctx, request.cluster.as_deref())
+            .await?;
+        let keys = ctx.keys();
+        let task_id = flotilla_model::arn::last_segment(&request.task);
+        let task = self
+            .db()
+            .get::<Task>(&keys.task(&cluster.value.name, task_id))
+            .await?
+            .ok_or_else(|| EcsError::invalid("The referenced task was not found."))?
+            .value;
+        let instance_id = task.container_instance_id.clone().ok_or_else(|| {
+            EcsError::invalid("The task has not been placed on a container instance.")
+        })?;
+        let instance = self
+            .db()
+            .get::<ContainerInstance>(&keys.instance(&cluster.value.name, &instance_id))
+            .await?
+            .ok_or_else(|| EcsError::invalid("The task's container instance is gone."))?
+            .value;
+        let endpoint = instance.agent_endpoint.ok_or_else(|| {
+            EcsError::client("The agent running this task does not serve logs (it was started without a logs listener).")
+        })?;
+        Ok(encode(&LocateTaskLogsResponse {
+            task_arn: task.arn,
+            endpoint,
+            containers: task.containers.iter().map(|c| c.name.clone()).collect(),
+        }))
+    }
+
     async fn register(
         &self,
         ctx: &RequestContext,

@@ -82,6 +82,8 @@ async fn handle_metrics(State(state): State<Arc<AppState>>) -> Response<Body> {
 enum Target {
     Ecs(String),
     Agent(AgentCall),
+    /// Flotilla's own operator calls (`FlotillaV1.*`).
+    Operator(String),
 }
 
 fn parse_target(value: Option<&HeaderValue>) -> Result<Target, ApiError> {
@@ -93,6 +95,10 @@ fn parse_target(value: Option<&HeaderValue>) -> Result<Target, ApiError> {
         .ok_or_else(|| ApiError::unknown_operation(target))?;
     if prefix == ECS_TARGET_PREFIX {
         Ok(Target::Ecs(name.to_owned()))
+    } else if prefix == flotilla_protocol::OPERATOR_TARGET_PREFIX
+        && matches!(name, "LocateTaskLogs" | "ExplainPlacement")
+    {
+        Ok(Target::Operator(name.to_owned()))
     } else if prefix == flotilla_protocol::TARGET_PREFIX {
         AgentCall::parse(name)
             .map(Target::Agent)
@@ -110,6 +116,7 @@ async fn handle_api(State(state): State<Arc<AppState>>, request: Request<Body>) 
     let action_name = match &target {
         Ok(Target::Ecs(name)) => name.clone(),
         Ok(Target::Agent(call)) => format!("Agent.{}", call.name()),
+        Ok(Target::Operator(name)) => format!("Flotilla.{name}"),
         Err(_) => "Unknown".to_owned(),
     };
     let result = async {
@@ -148,6 +155,12 @@ async fn handle_api(State(state): State<Arc<AppState>>, request: Request<Body>) 
                     .map_err(ApiError::from)
             }
             Target::Agent(call) => state.agents.handle(&ctx, call, &body).await,
+            Target::Operator(name) if name == "ExplainPlacement" => {
+                let request = flotilla_api::action::decode(&body)?;
+                let answer = state.engine.explain_placement(&ctx, request).await?;
+                Ok(flotilla_api::responses::encode(&answer))
+            }
+            Target::Operator(_) => state.agents.locate_task_logs(&ctx, &body).await,
         }
     }
     .await;

@@ -1696,3 +1696,77 @@ async fn concurrent_run_tasks_never_oversubscribe_a_host() {
         assert_eq!(instance.pending_tasks_count, 8);
     }
 }
+
+#[tokio::test]
+async fn explain_placement_says_why_host_by_host() {
+    let t = start().await;
+    let c = &t.client;
+    c.create_cluster().cluster_name("ex").send().await.unwrap();
+    let small = FakeAgent::start(
+        &t.endpoint,
+        FakeHost::new("ex", 256, 256),
+        FakeMode::AutoRun,
+    )
+    .await
+    .unwrap();
+    let mut prod = FakeHost::new("ex", 4096, 4096);
+    prod.attributes.push(("stack".into(), "prod".into()));
+    let big = FakeAgent::start(&t.endpoint, prod, FakeMode::AutoRun)
+        .await
+        .unwrap();
+    c.register_task_definition()
+        .family("ex")
+        .container_definitions(container("app", 512))
+        .send()
+        .await
+        .unwrap();
+    let client = flotilla_agent::ServerClient::new(&t.endpoint, flotilla_testkit::test_identity());
+    let answer: serde_json::Value = client
+        .call(
+            "FlotillaV1.ExplainPlacement",
+            &serde_json::json!({"cluster": "ex", "taskDefinition": "ex"}),
+        )
+        .await
+        .unwrap();
+    let verdict = |arn: &str| {
+        answer["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["containerInstanceArn"] == arn)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        verdict(&small.container_instance_arn)["reason"],
+        "RESOURCE:MEMORY"
+    );
+    assert_eq!(verdict(&big.container_instance_arn)["fits"], true);
+    assert_eq!(answer["chosen"], big.container_instance_arn.as_str());
+    let answer: serde_json::Value = client
+        .call(
+            "FlotillaV1.ExplainPlacement",
+            &serde_json::json!({"cluster": "ex", "taskDefinition": "ex", "placementConstraints": [{"type": "memberOf", "expression": "attribute:stack == dev"}]}),
+        )
+        .await
+        .unwrap();
+    assert!(answer["chosen"].is_null());
+    assert!(
+        answer["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["reason"] == "MemberOf placement constraint unsatisfied.")
+    );
+    // Nothing was placed.
+    assert!(
+        c.list_tasks()
+            .cluster("ex")
+            .send()
+            .await
+            .unwrap()
+            .task_arns
+            .unwrap()
+            .is_empty()
+    );
+}

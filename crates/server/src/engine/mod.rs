@@ -5,6 +5,7 @@
 mod applier;
 mod attributes;
 mod clusters;
+mod explain;
 mod instances;
 mod settings;
 mod tags;
@@ -187,6 +188,10 @@ impl Engine {
             None | Some("") => return self.default_cluster(ctx).await,
             Some(reference) => cluster_name(ctx, reference)?,
         };
+        // `default` comes into being on first use, whether named or implied (as in ECS).
+        if name == DEFAULT_CLUSTER {
+            return self.default_cluster(ctx).await;
+        }
         match self.db.get::<Cluster>(&ctx.keys().cluster(&name)).await? {
             Some(cluster) if cluster.value.status == ClusterStatus::Active => Ok(cluster),
             _ => Err(EcsError::ClusterNotFound),
