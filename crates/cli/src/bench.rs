@@ -1,5 +1,6 @@
-//! `flotilla bench api`: signed API calls against an in-process server on loopback with the
-//! embedded store and fake agents; prints throughput and latency percentiles per action.
+//! Benchmarks that print figures. `api`: signed API calls against an in-process server on
+//! loopback with the embedded store and fake agents. `launch`: RunTask to RUNNING on the
+//! local Docker Engine against a bare `docker run -d` of the same image.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +26,12 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         hosts: usize,
     },
+    /// RunTask to RUNNING for a local image, against `docker run -d`, in the same run.
+    Launch {
+        /// Launches of each kind.
+        #[arg(long, default_value_t = 20)]
+        iterations: usize,
+    },
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -34,6 +41,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             concurrency,
             hosts,
         } => bench_api(requests, concurrency, hosts).await,
+        BenchCommand::Launch { iterations } => bench_launch(iterations).await,
     }
 }
 
@@ -212,4 +220,188 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("flotilla-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> f64 {
+    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)].as_secs_f64() * 1000.0
+}
+
+async fn bench_launch(iterations: usize) -> anyhow::Result<()> {
+    let image = flotilla_docker::testing::ensure_test_image().map_err(|e| anyhow::anyhow!(e))?;
+    let data_dir = tempfile_dir()?;
+    let store: Arc<dyn flotilla_store::Store> = Arc::new(flotilla_store::RedbStore::open(
+        &data_dir.join("state.redb"),
+    )?);
+    let credentials = flotilla_api::sigv4::Credentials {
+        access_key_id: TEST_ACCESS_KEY_ID.to_owned(),
+        secret_access_key: TEST_SECRET_ACCESS_KEY.to_owned(),
+    };
+    let server = flotilla_server::start(
+        flotilla_server::ServerConfig::new("127.0.0.1:0".parse()?, credentials),
+        store,
+    )
+    .await?;
+    let endpoint = server.endpoint();
+    let client = ServerClient::new(&endpoint, test_identity());
+    let cluster = format!("bench-launch-{}", std::process::id());
+    call(&client, "CreateCluster", json!({"clusterName": cluster})).await?;
+    let runtime: Arc<dyn flotilla_agent::Runtime> =
+        Arc::new(flotilla_docker::DockerRuntime::connect().await?);
+    let agent_stop = tokio_util::sync::CancellationToken::new();
+    let mut agent_config = flotilla_agent::AgentConfig::new(
+        &endpoint,
+        &cluster,
+        test_identity(),
+        data_dir.join("agent"),
+    );
+    // Stopped bench containers are of no use to anyone: remove them at once.
+    agent_config.stopped_container_retention = Duration::ZERO;
+    let agent = tokio::spawn(flotilla_agent::run(
+        agent_config,
+        runtime,
+        agent_stop.clone(),
+    ));
+    call(
+        &client,
+        "RegisterTaskDefinition",
+        json!({"family": "launch", "containerDefinitions": [{"name": "main", "image": image, "memory": 16, "command": ["sleep", "3600"], "stopTimeout": 2}]}),
+    )
+    .await?;
+    // Wait for the agent to register.
+    for _ in 0..200 {
+        let listed = call(
+            &client,
+            "ListContainerInstances",
+            json!({"cluster": cluster}),
+        )
+        .await?;
+        if listed["containerInstanceArns"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    println!(
+        "flotilla bench launch: {iterations} launches each of `{image}` (sleep), one at a time"
+    );
+    let mut flotilla = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let started = Instant::now();
+        let run = call(
+            &client,
+            "RunTask",
+            json!({"cluster": cluster, "taskDefinition": "launch"}),
+        )
+        .await?;
+        let task = run["tasks"][0]["taskArn"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        anyhow::ensure!(!task.is_empty(), "RunTask placed nothing: {run}");
+        loop {
+            let described = call(
+                &client,
+                "DescribeTasks",
+                json!({"cluster": cluster, "tasks": [task]}),
+            )
+            .await?;
+            match described["tasks"][0]["lastStatus"].as_str() {
+                Some("RUNNING") => break,
+                Some("STOPPED") => anyhow::bail!("the task stopped: {described}"),
+                _ => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+        }
+        flotilla.push(started.elapsed());
+        call(
+            &client,
+            "StopTask",
+            json!({"cluster": cluster, "task": task}),
+        )
+        .await?;
+        loop {
+            let described = call(
+                &client,
+                "DescribeTasks",
+                json!({"cluster": cluster, "tasks": [task]}),
+            )
+            .await?;
+            if described["tasks"][0]["lastStatus"] == "STOPPED" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mut docker = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let started = Instant::now();
+        let output = tokio::process::Command::new("docker")
+            .args([
+                "run",
+                "-d",
+                "--label",
+                &format!("com.flotilla.bench={cluster}"),
+                "-m",
+                "16m",
+                image,
+                "sleep",
+                "3600",
+            ])
+            .output()
+            .await?;
+        docker.push(started.elapsed());
+        anyhow::ensure!(
+            output.status.success(),
+            "docker run failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let id = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        tokio::process::Command::new("docker")
+            .args(["rm", "-f", &id])
+            .output()
+            .await?;
+    }
+    flotilla.sort();
+    docker.sort();
+    println!(
+        "flotilla RunTask -> RUNNING   p50 {:>7.1} ms  p99 {:>7.1} ms",
+        percentile(&flotilla, 0.5),
+        percentile(&flotilla, 0.99)
+    );
+    println!(
+        "docker run -d                  p50 {:>7.1} ms  p99 {:>7.1} ms",
+        percentile(&docker, 0.5),
+        percentile(&docker, 0.99)
+    );
+    println!(
+        "flotilla adds                  p50 {:>7.1} ms",
+        percentile(&flotilla, 0.5) - percentile(&docker, 0.5)
+    );
+    agent_stop.cancel();
+    let _ = agent.await;
+    server.shutdown().await;
+    let leftovers = tokio::process::Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=com.flotilla.cluster={cluster}"),
+        ])
+        .output()
+        .await?;
+    let ids: Vec<String> = String::from_utf8_lossy(&leftovers.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    if !ids.is_empty() {
+        tokio::process::Command::new("docker")
+            .arg("rm")
+            .arg("-f")
+            .args(&ids)
+            .output()
+            .await?;
+    }
+    let _ = std::fs::remove_dir_all(&data_dir);
+    Ok(())
 }

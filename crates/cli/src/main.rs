@@ -1,8 +1,9 @@
-//! The `flotilla` binary: `server` (the control plane), `env` (shell exports for AWS
-//! clients), and `bench` (benchmarks that print figures).
+//! The `flotilla` binary: `up` (a whole cluster in one process), `server` (the control
+//! plane), `agent` (a host), `env` (shell exports for AWS clients), `logs`, and `bench`.
 
 mod bench;
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,10 +26,61 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a whole cluster in one process: the control plane plus an agent on the local
+    /// Docker Engine, cluster `default`.
+    Up {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The cluster the local agent joins.
+        #[arg(long, default_value = "default")]
+        cluster: String,
+        /// Extra attributes of the local container instance (K=V).
+        #[arg(long = "attribute", value_parser = parse_attribute)]
+        attributes: Vec<(String, String)>,
+        /// The availability zone the local host reports.
+        #[arg(long)]
+        zone: Option<String>,
+    },
     /// Run the control plane (ECS API and agent protocol).
     Server(ServerArgs),
+    /// Run an agent: register this host with a control plane and run its tasks on Docker.
+    Agent(AgentArgs),
+    /// Print a task's container logs (all containers, or one).
+    Logs {
+        /// Task id or ARN.
+        task: String,
+        #[arg(long)]
+        cluster: Option<String>,
+        #[arg(long)]
+        container: Option<String>,
+        /// Keep printing new output until the container stops.
+        #[arg(long, short)]
+        follow: bool,
+        #[arg(long, env = "FLOTILLA_DATA_DIR", default_value_os_t = default_data_dir())]
+        data_dir: PathBuf,
+    },
     /// Print `export AWS_...` lines that point AWS clients at a Flotilla data dir's server.
     Env {
+        #[arg(long, env = "FLOTILLA_DATA_DIR", default_value_os_t = default_data_dir())]
+        data_dir: PathBuf,
+    },
+    /// Show, host by host, whether a task of a definition would be placed there and why not.
+    ExplainPlacement {
+        #[arg(long)]
+        cluster: Option<String>,
+        #[arg(long)]
+        task_definition: String,
+        /// The task group (default family:FAMILY).
+        #[arg(long)]
+        group: Option<String>,
+        /// A memberOf constraint in the cluster query language.
+        #[arg(long)]
+        member_of: Option<String>,
+        #[arg(long)]
+        distinct_instance: bool,
+        /// Strategies in order, as TYPE or TYPE:FIELD (spread:attribute:ecs.availability-zone, binpack:memory, random).
+        #[arg(long = "strategy")]
+        strategies: Vec<String>,
         #[arg(long, env = "FLOTILLA_DATA_DIR", default_value_os_t = default_data_dir())]
         data_dir: PathBuf,
     },
@@ -63,6 +115,43 @@ struct ServerArgs {
     disconnect_timeout_seconds: u64,
 }
 
+#[derive(Args, Clone)]
+struct AgentArgs {
+    /// The control plane's endpoint.
+    #[arg(long, env = "FLOTILLA_SERVER", default_value = "http://127.0.0.1:4750")]
+    server: String,
+    #[arg(long, default_value = "default")]
+    cluster: String,
+    /// Attributes of this container instance (K=V), for memberOf constraints.
+    #[arg(long = "attribute", value_parser = parse_attribute)]
+    attributes: Vec<(String, String)>,
+    /// The availability zone this host reports (`ecs.availability-zone`).
+    #[arg(long)]
+    zone: Option<String>,
+    /// Where the agent keeps its identity.
+    #[arg(long, env = "FLOTILLA_AGENT_DATA_DIR", default_value_os_t = default_data_dir().join("agent"))]
+    data_dir: PathBuf,
+    #[arg(long, env = "FLOTILLA_ACCESS_KEY_ID")]
+    access_key_id: String,
+    #[arg(long, env = "FLOTILLA_SECRET_ACCESS_KEY", hide_env_values = true)]
+    secret_access_key: String,
+    #[arg(long, env = "AWS_DEFAULT_REGION", default_value = DEFAULT_REGION)]
+    region: String,
+    /// Serve container logs here (for `flotilla logs`).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    logs_listen: SocketAddr,
+    /// The URL the control plane hands out for this agent's logs (default: the bound address).
+    #[arg(long)]
+    logs_advertise_url: Option<String>,
+}
+
+fn parse_attribute(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("expected NAME=VALUE, got '{text}'"))
+}
+
 fn default_data_dir() -> PathBuf {
     std::env::var_os("HOME")
         .map(PathBuf::from)
@@ -91,8 +180,39 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Server(args) => runtime.block_on(run_server(args)),
+        Command::Up {
+            server,
+            cluster,
+            attributes,
+            zone,
+        } => runtime.block_on(run_up(server, cluster, attributes, zone)),
+        Command::Agent(args) => runtime.block_on(run_agent(args)),
+        Command::Logs {
+            task,
+            cluster,
+            container,
+            follow,
+            data_dir,
+        } => runtime.block_on(print_logs(&data_dir, &task, cluster, container, follow)),
         Command::Env { data_dir } => print_env(&data_dir),
         Command::Bench(command) => runtime.block_on(bench::run(command)),
+        Command::ExplainPlacement {
+            cluster,
+            task_definition,
+            group,
+            member_of,
+            distinct_instance,
+            strategies,
+            data_dir,
+        } => runtime.block_on(explain_placement(
+            &data_dir,
+            cluster,
+            task_definition,
+            group,
+            member_of,
+            distinct_instance,
+            strategies,
+        )),
     }
 }
 
@@ -106,29 +226,302 @@ fn credentials(args: &ServerArgs) -> anyhow::Result<Credentials> {
     }
 }
 
-async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let identity = flotilla_agent::SigningIdentity {
+        access_key_id: args.access_key_id.clone(),
+        secret_access_key: args.secret_access_key.clone(),
+        region: args.region.clone(),
+    };
+    let mut config = flotilla_agent::AgentConfig::new(
+        &args.server,
+        &args.cluster,
+        identity,
+        args.data_dir.clone(),
+    );
+    config.attributes = args.attributes.clone();
+    config.zone = args.zone.clone();
+    config.logs_listen = Some(args.logs_listen);
+    config.logs_advertise_url = args.logs_advertise_url.clone();
+    let runtime: Arc<dyn flotilla_agent::Runtime> = Arc::new(
+        flotilla_docker::DockerRuntime::connect()
+            .await
+            .context("cannot reach the Docker Engine")?,
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        token.cancel();
+    });
+    flotilla_agent::run(config, runtime, shutdown).await?;
+    Ok(())
+}
+
+/// The control plane and one agent on the local Docker Engine, in one process.
+async fn run_up(
+    args: ServerArgs,
+    cluster: String,
+    attributes: Vec<(String, String)>,
+    zone: Option<String>,
+) -> anyhow::Result<()> {
+    let server = start_server(&args).await?;
+    let credentials = credentials(&args)?;
+    let endpoint = server.endpoint();
+    let identity = flotilla_agent::SigningIdentity {
+        access_key_id: credentials.access_key_id.clone(),
+        secret_access_key: credentials.secret_access_key.clone(),
+        region: DEFAULT_REGION.to_owned(),
+    };
+    // The local agent's cluster exists before it registers (CreateCluster is idempotent).
+    let client = flotilla_agent::ServerClient::new(&endpoint, identity.clone());
+    client
+        .call::<_, serde_json::Value>(
+            "AmazonEC2ContainerServiceV20141113.CreateCluster",
+            &serde_json::json!({ "clusterName": cluster }),
+        )
+        .await
+        .with_context(|| format!("cannot create cluster {cluster}"))?;
+    let mut config = flotilla_agent::AgentConfig::new(
+        &endpoint,
+        &cluster,
+        identity,
+        args.data_dir.join("agent"),
+    );
+    config.attributes = attributes;
+    config.zone = zone.or_else(|| Some(format!("{DEFAULT_REGION}a")));
+    config.logs_listen = Some("127.0.0.1:0".parse()?);
+    let runtime: Arc<dyn flotilla_agent::Runtime> = Arc::new(
+        flotilla_docker::DockerRuntime::connect()
+            .await
+            .context("cannot reach the Docker Engine")?,
+    );
+    // A closed stdout (a detached terminal, a reader that left) must not stop the server.
+    let banner = format!(
+        "flotilla listening on {endpoint}\n\
+         cluster: {cluster} (this host runs its tasks on the local Docker Engine)\n\
+         export AWS_ENDPOINT_URL={endpoint}\n\
+         export AWS_ACCESS_KEY_ID={}\n\
+         export AWS_SECRET_ACCESS_KEY={}\n\
+         export AWS_DEFAULT_REGION={DEFAULT_REGION}",
+        credentials.access_key_id, credentials.secret_access_key
+    );
+    let _ = writeln!(std::io::stdout(), "{banner}");
+    let shutdown = server.shutdown_token();
+    let agent_shutdown = shutdown.child_token();
+    let agent = tokio::spawn(flotilla_agent::run(config, runtime, agent_shutdown));
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+    // The agent stops first (its containers keep running and are adopted next time),
+    // then the server.
+    match agent.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            shutdown.cancel();
+            server.wait().await;
+            return Err(error.into());
+        }
+        Err(error) => tracing::error!(%error, "agent task failed"),
+    }
+    shutdown.cancel();
+    server.wait().await;
+    Ok(())
+}
+
+async fn start_server(args: &ServerArgs) -> anyhow::Result<flotilla_server::RunningServer> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
-    let credentials = credentials(&args)?;
+    let credentials = credentials(args)?;
     let store = flotilla_store::RedbStore::open(&args.data_dir.join("state.redb"))
         .with_context(|| format!("cannot open the state store in {}", args.data_dir.display()))?;
     let store: Arc<dyn flotilla_store::Store> = Arc::new(store);
-    let mut config = ServerConfig::new(args.listen, credentials.clone());
+    let mut config = ServerConfig::new(args.listen, credentials);
     config.account_id = args.account_id.clone();
     config.disconnect_timeout =
         std::time::Duration::from_secs(args.disconnect_timeout_seconds.max(1));
     let server = flotilla_server::start(config, store).await?;
-    let endpoint = server.endpoint();
     let endpoint_file = EndpointFile {
-        endpoint: endpoint.clone(),
+        endpoint: server.endpoint(),
         region: DEFAULT_REGION.to_owned(),
     };
     std::fs::write(
         args.data_dir.join("endpoint.json"),
         serde_json::to_vec_pretty(&endpoint_file)?,
     )?;
+    Ok(server)
+}
+
+/// Reads a task's logs through the agent that runs it.
+async fn print_logs(
+    data_dir: &std::path::Path,
+    task: &str,
+    cluster: Option<String>,
+    container: Option<String>,
+    follow: bool,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use std::io::Write;
+    let (endpoint, credentials) = client_settings(data_dir)?;
+    let client = flotilla_agent::ServerClient::new(
+        &endpoint,
+        flotilla_agent::SigningIdentity {
+            access_key_id: credentials.access_key_id,
+            secret_access_key: credentials.secret_access_key,
+            region: DEFAULT_REGION.to_owned(),
+        },
+    );
+    let located: flotilla_protocol::LocateTaskLogsResponse = client
+        .call(
+            &format!(
+                "{}.LocateTaskLogs",
+                flotilla_protocol::OPERATOR_TARGET_PREFIX
+            ),
+            &flotilla_protocol::LocateTaskLogsRequest {
+                cluster,
+                task: task.to_owned(),
+            },
+        )
+        .await?;
+    let mut stream = flotilla_agent::fetch_logs(
+        &located.endpoint,
+        &located.task_arn,
+        container.as_deref(),
+        follow,
+    )
+    .await?;
+    let mut stdout = std::io::stdout().lock();
+    while let Some(chunk) = stream.next().await {
+        stdout.write_all(&chunk?)?;
+        stdout.flush()?;
+    }
+    Ok(())
+}
+
+async fn explain_placement(
+    data_dir: &std::path::Path,
+    cluster: Option<String>,
+    task_definition: String,
+    group: Option<String>,
+    member_of: Option<String>,
+    distinct_instance: bool,
+    strategies: Vec<String>,
+) -> anyhow::Result<()> {
+    use flotilla_model::task_definition::{PlacementConstraint, PlacementStrategy};
+    let (endpoint, credentials) = client_settings(data_dir)?;
+    let client = flotilla_agent::ServerClient::new(
+        &endpoint,
+        flotilla_agent::SigningIdentity {
+            access_key_id: credentials.access_key_id,
+            secret_access_key: credentials.secret_access_key,
+            region: DEFAULT_REGION.to_owned(),
+        },
+    );
+    let mut placement_constraints = Vec::new();
+    if let Some(expression) = member_of {
+        placement_constraints.push(PlacementConstraint {
+            kind: Some("memberOf".into()),
+            expression: Some(expression),
+        });
+    }
+    if distinct_instance {
+        placement_constraints.push(PlacementConstraint {
+            kind: Some("distinctInstance".into()),
+            expression: None,
+        });
+    }
+    let placement_strategy = strategies
+        .iter()
+        .map(|s| {
+            let (kind, field) = s
+                .split_once(':')
+                .map_or((s.as_str(), None), |(k, f)| (k, Some(f.to_owned())));
+            PlacementStrategy {
+                kind: Some(kind.to_owned()),
+                field,
+            }
+        })
+        .collect();
+    let answer: flotilla_protocol::ExplainPlacementResponse = client
+        .call(
+            &format!(
+                "{}.ExplainPlacement",
+                flotilla_protocol::OPERATOR_TARGET_PREFIX
+            ),
+            &flotilla_protocol::ExplainPlacementRequest {
+                cluster,
+                task_definition,
+                group,
+                placement_constraints,
+                placement_strategy,
+            },
+        )
+        .await?;
+    println!(
+        "one task needs {} CPU units and {} MiB",
+        answer.cpu, answer.memory
+    );
+    println!(
+        "{:<34} {:<21} {:>8} {:>10}  VERDICT",
+        "CONTAINER INSTANCE", "EC2 INSTANCE ID", "CPU LEFT", "MEM LEFT"
+    );
+    for host in &answer.hosts {
+        let id = host
+            .container_instance_arn
+            .rsplit('/')
+            .next()
+            .unwrap_or_default();
+        let verdict = if host.fits {
+            "fits".to_owned()
+        } else {
+            host.reason.clone().unwrap_or_default()
+        };
+        println!(
+            "{id:<34} {:<21} {:>8} {:>10}  {verdict}",
+            host.ec2_instance_id, host.remaining_cpu, host.remaining_memory
+        );
+    }
+    match &answer.chosen {
+        Some(arn) => println!(
+            "RunTask would place it on {}",
+            arn.rsplit('/').next().unwrap_or_default()
+        ),
+        None => println!("RunTask could not place it now"),
+    }
+    Ok(())
+}
+
+/// The endpoint and keys for CLI calls: AWS_* variables if set, else the data dir's.
+fn client_settings(data_dir: &std::path::Path) -> anyhow::Result<(String, Credentials)> {
+    let from_env = (
+        std::env::var("AWS_ENDPOINT_URL").ok(),
+        std::env::var("AWS_ACCESS_KEY_ID").ok(),
+        std::env::var("AWS_SECRET_ACCESS_KEY").ok(),
+    );
+    if let (Some(endpoint), Some(access_key_id), Some(secret_access_key)) = from_env {
+        return Ok((
+            endpoint,
+            Credentials {
+                access_key_id,
+                secret_access_key,
+            },
+        ));
+    }
+    let credentials = flotilla_server::load_or_create_credentials(data_dir)?;
+    let endpoint: EndpointFile = serde_json::from_slice(
+        &std::fs::read(data_dir.join("endpoint.json"))
+            .context("no running Flotilla found in the data dir")?,
+    )?;
+    Ok((endpoint.endpoint, credentials))
+}
+
+async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+    let server = start_server(&args).await?;
+    let endpoint = server.endpoint();
     // A machine-readable first line on stdout, for scripts and tests that start us.
-    println!("flotilla listening on {endpoint}");
+    let _ = writeln!(std::io::stdout(), "flotilla listening on {endpoint}");
     eprintln!(
         "Point AWS clients here with:  eval \"$(flotilla env --data-dir {})\"",
         args.data_dir.display()

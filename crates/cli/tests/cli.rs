@@ -32,11 +32,11 @@ fn start_server(data_dir: &Path) -> ServerProcess {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("flotilla starts");
-    let stdout = child.stdout.take().expect("stdout");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
     let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("a first line");
+    stdout.read_line(&mut line).expect("a first line");
+    // Keep draining what it prints, so it never writes into a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     let endpoint = line.trim().rsplit(' ').next().expect("endpoint").to_owned();
     assert!(
         endpoint.starts_with("http://127.0.0.1:"),
