@@ -26,6 +26,16 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         hosts: usize,
     },
+    /// Placement through the API, the plan applier and the embedded store at scale.
+    Scheduler {
+        #[arg(long, default_value_t = 10_000)]
+        hosts: usize,
+        #[arg(long, default_value_t = 100_000)]
+        tasks: usize,
+        /// Concurrent RunTask clients (each asks for 10 tasks per call).
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
     /// RunTask to RUNNING for a local image, against `docker run -d`, in the same run.
     Launch {
         /// Launches of each kind.
@@ -42,6 +52,11 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             hosts,
         } => bench_api(requests, concurrency, hosts).await,
         BenchCommand::Launch { iterations } => bench_launch(iterations).await,
+        BenchCommand::Scheduler {
+            hosts,
+            tasks,
+            concurrency,
+        } => bench_scheduler(hosts, tasks, concurrency).await,
     }
 }
 
@@ -402,6 +417,114 @@ async fn bench_launch(iterations: usize) -> anyhow::Result<()> {
             .output()
             .await?;
     }
+    let _ = std::fs::remove_dir_all(&data_dir);
+    Ok(())
+}
+
+/// Peak resident memory of this process, from /proc (Linux).
+fn peak_memory_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+async fn bench_scheduler(hosts: usize, tasks: usize, concurrency: usize) -> anyhow::Result<()> {
+    const TASKS_PER_CALL: usize = 10;
+    let data_dir = tempfile_dir()?;
+    let store: Arc<dyn flotilla_store::Store> = Arc::new(flotilla_store::RedbStore::open(
+        &data_dir.join("state.redb"),
+    )?);
+    let credentials = flotilla_api::sigv4::Credentials {
+        access_key_id: TEST_ACCESS_KEY_ID.to_owned(),
+        secret_access_key: TEST_SECRET_ACCESS_KEY.to_owned(),
+    };
+    let mut config = flotilla_server::ServerConfig::new("127.0.0.1:0".parse()?, credentials);
+    // The simulated hosts never poll; keep them connected for the whole run.
+    config.disconnect_timeout = Duration::from_secs(24 * 3600);
+    let server = flotilla_server::start(config, store).await?;
+    let client = ServerClient::new(server.endpoint(), test_identity());
+    call(&client, "CreateCluster", json!({"clusterName": "sched"})).await?;
+    println!(
+        "flotilla bench scheduler: {hosts} simulated hosts, {tasks} tasks in RunTask calls of {TASKS_PER_CALL}, {concurrency} concurrent clients, spread(zone) + spread(instanceId) + memberOf(attribute:stack == prod), embedded store on disk"
+    );
+    let registering = Instant::now();
+    let register_client = client.clone();
+    phase(hosts, concurrency, move |i| {
+        let client = register_client.clone();
+        async move {
+            let zone = ["zone-a", "zone-b", "zone-c"][i % 3];
+            let stack = if i % 4 == 3 { "dev" } else { "prod" };
+            call(
+                &client,
+                "RegisterContainerInstance",
+                json!({
+                    "cluster": "sched",
+                    "instanceIdentityDocument": format!("{{\"instanceId\": \"i-{i:017x}\"}}"),
+                    "totalResources": [
+                        {"name": "CPU", "type": "INTEGER", "integerValue": 16384},
+                        {"name": "MEMORY", "type": "INTEGER", "integerValue": 65536}
+                    ],
+                    "attributes": [
+                        {"name": "ecs.availability-zone", "value": zone},
+                        {"name": "stack", "value": stack}
+                    ]
+                }),
+            )
+            .await?;
+            Ok(())
+        }
+    })
+    .await?;
+    println!(
+        "registered {hosts} hosts in {:.1} s",
+        registering.elapsed().as_secs_f64()
+    );
+    call(
+        &client,
+        "RegisterTaskDefinition",
+        json!({"family": "sched", "containerDefinitions": [{"name": "app", "image": "busybox", "cpu": 16, "memory": 32}]}),
+    )
+    .await?;
+    let calls = tasks.div_ceil(TASKS_PER_CALL);
+    let placed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let run_client = client.clone();
+    let counter = placed.clone();
+    let (mut latencies, wall) = phase(calls, concurrency, move |i| {
+        let client = run_client.clone();
+        let counter = counter.clone();
+        async move {
+            let answer = call(
+                &client,
+                "RunTask",
+                json!({
+                    "cluster": "sched", "taskDefinition": "sched", "count": TASKS_PER_CALL,
+                    "group": format!("service:s{}", i % 10),
+                    "placementConstraints": [{"type": "memberOf", "expression": "attribute:stack == prod"}],
+                    "placementStrategy": [
+                        {"type": "spread", "field": "attribute:ecs.availability-zone"},
+                        {"type": "spread", "field": "instanceId"}
+                    ]
+                }),
+            )
+            .await?;
+            let n = answer["tasks"].as_array().map_or(0, Vec::len);
+            counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        }
+    })
+    .await?;
+    latencies.sort();
+    let placed = placed.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "placed {placed} tasks in {:.1} s: {:.0} placements/s; RunTask of {TASKS_PER_CALL} p50 {:.2} ms, p99 {:.2} ms; peak memory {:.0} MiB",
+        wall.as_secs_f64(),
+        placed as f64 / wall.as_secs_f64(),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        peak_memory_mib().unwrap_or(0.0)
+    );
+    server.shutdown().await;
     let _ = std::fs::remove_dir_all(&data_dir);
     Ok(())
 }

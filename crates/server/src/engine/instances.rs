@@ -97,21 +97,21 @@ impl Engine {
                 .active_cluster(ctx, registration.cluster.as_deref())
                 .await?;
             let cluster_name = cluster.value.name.clone();
-            let instances = self
-                .db
-                .list::<ContainerInstance>(&keys.instances(&cluster_name))
-                .await?;
+            // The cache finds a re-registering host without decoding every instance record;
+            // the commit below compares revisions, so a stale answer only means a retry.
+            let snapshot = self.snapshot(ctx, &cluster_name).await?;
             let wanted_id = registration
                 .container_instance_arn
                 .as_deref()
                 .map(last_segment);
-            let existing = instances.into_iter().find(|i| {
+            let existing = snapshot.instances.values().find(|i| {
                 i.value.status != ContainerInstanceStatus::Inactive
                     && (Some(i.value.id.as_str()) == wanted_id
                         || (registration.ec2_instance_id.is_some()
                             && registration.ec2_instance_id.as_deref()
                                 == Some(i.value.ec2_instance_id.as_str())))
             });
+            let existing = existing.cloned();
             let mut instance = match &existing {
                 Some(found) => found.value.clone(),
                 None => {

@@ -642,11 +642,21 @@ pub(crate) fn new_task(
         last_status: TaskStatus::Provisioning,
         desired_status: DesiredStatus::Running,
         containers,
-        cpu: launch.overrides.cpu.clone().or_else(|| td.spec.cpu.clone()),
+        // Shown as plain CPU units and MiB, like the definition's normalised values
+        // ("1 vCPU" in an override reads "1024").
+        cpu: launch
+            .overrides
+            .cpu
+            .as_deref()
+            .and_then(|v| flotilla_model::validate::parse_cpu_units("cpu", v).ok())
+            .map(|units| units.to_string())
+            .or_else(|| td.spec.cpu.clone()),
         memory: launch
             .overrides
             .memory
-            .clone()
+            .as_deref()
+            .and_then(|v| flotilla_model::validate::parse_memory_mib("memory", v).ok())
+            .map(|mib| mib.to_string())
             .or_else(|| td.spec.memory.clone()),
         overrides: launch.overrides.clone(),
         group: Some(launch.group.clone()),
