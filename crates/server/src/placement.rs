@@ -12,6 +12,14 @@ pub fn hosts<'a>(
     instances: &[ContainerInstance],
     tasks: impl IntoIterator<Item = &'a TaskSummary>,
 ) -> Vec<Host> {
+    hosts_of(instances, tasks)
+}
+
+/// Like [`hosts`], from borrowed instance records (no copies of the records themselves).
+pub fn hosts_of<'a, 'b>(
+    instances: impl IntoIterator<Item = &'b ContainerInstance>,
+    tasks: impl IntoIterator<Item = &'a TaskSummary>,
+) -> Vec<Host> {
     let mut groups: BTreeMap<&str, BTreeMap<String, u32>> = BTreeMap::new();
     let mut running: BTreeMap<&str, u32> = BTreeMap::new();
     for task in tasks {
@@ -32,7 +40,7 @@ pub fn hosts<'a>(
         }
     }
     instances
-        .iter()
+        .into_iter()
         .map(|instance| Host {
             id: instance.id.clone(),
             arn: instance.arn.clone(),

@@ -168,15 +168,18 @@ impl Engine {
                     return;
                 }
             };
-            let instances: Vec<Versioned<ContainerInstance>> = snapshot
+            // Borrowed from the snapshot: only the hosts a batch touches are copied.
+            let instances: Vec<&Versioned<ContainerInstance>> = snapshot
                 .instances
                 .values()
                 .filter(|i| i.value.status != ContainerInstanceStatus::Inactive)
-                .cloned()
                 .collect();
-            let records: Vec<ContainerInstance> =
-                instances.iter().map(|i| i.value.clone()).collect();
-            let mut hosts = crate::placement::hosts(&records, snapshot.tasks.values());
+            // One index per batch: its columns are built once and every job of the batch
+            // places against them, seeing the placements of the jobs before it.
+            let mut index = flotilla_scheduler::HostIndex::new(crate::placement::hosts_of(
+                instances.iter().map(|i| &i.value),
+                snapshot.tasks.values(),
+            ));
             let any_active = instances
                 .iter()
                 .any(|i| i.value.status == ContainerInstanceStatus::Active);
@@ -191,13 +194,16 @@ impl Engine {
                     )));
                     continue;
                 }
-                let result = flotilla_scheduler::place(&hosts, &job.request, rand::random());
+                let result = index.place(&job.request, rand::random());
                 let failures: Vec<Failure> = if result.unplaced > 0 {
                     result
                         .rejections
                         .iter()
                         .map(|r| {
-                            Failure::new(hosts[r.host_index].arn.clone(), r.reason.ecs_reason())
+                            Failure::new(
+                                index.hosts()[r.host_index].arn.clone(),
+                                r.reason.ecs_reason(),
+                            )
                         })
                         .collect()
                 } else {
@@ -206,17 +212,13 @@ impl Engine {
                 let mut created = Vec::new();
                 for placement in result.placements {
                     let i = placement.host_index;
+                    // Later jobs of this batch see this placement.
+                    index.apply(&placement, &job.launch.group);
                     let reservation: Reservation = placement.reservation;
                     let instance = touched
                         .entry(i)
                         .or_insert_with(|| instances[i].value.clone());
                     instance.remaining.apply(&reservation);
-                    // Later jobs of this batch see this placement.
-                    hosts[i].remaining = instance.remaining.clone();
-                    *hosts[i]
-                        .task_groups
-                        .entry(job.launch.group.clone())
-                        .or_default() += 1;
                     let task = new_task(
                         &job.ctx,
                         &job.cluster_arn,
@@ -250,7 +252,7 @@ impl Engine {
             let mut updated = Vec::with_capacity(touched.len());
             for (i, mut instance) in touched {
                 instance.version += 1;
-                txn.replace(&instances[i], &instance);
+                txn.replace(instances[i], &instance);
                 updated.push(instance);
             }
             let committed = if txn.is_empty() {
