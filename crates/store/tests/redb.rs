@@ -1,102 +1,259 @@
-//! The conformance suite on the redb backend, plus reopen and crash tests.
+//! The conformance suite on the redb backend, plus what only the embedded backend has:
+//! reopen, shutdown, file locking, corruption reporting and a kill -9 test.
 
 use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use flotilla_store::{Compare, Op, RedbStore, Store, StoreError, Txn, TxnOutcome, conformance};
+use flotilla_store::{
+    Compare, Op, RangeRequest, RedbStore, Store, StoreError, Txn, TxnOutcome, conformance,
+};
+
+fn put(key: &str, value: &[u8]) -> Txn {
+    Txn {
+        compares: vec![],
+        ops: vec![Op::Put {
+            key: key.into(),
+            value: value.to_vec(),
+        }],
+    }
+}
 
 #[tokio::test]
 async fn conformance_in_memory() {
     conformance::run_all(|| Arc::new(RedbStore::in_memory().unwrap()) as Arc<dyn Store>).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_on_disk() {
     let dir = tempfile::tempdir().unwrap();
-    let counter = std::sync::atomic::AtomicUsize::new(0);
+    let counter = AtomicUsize::new(0);
     conformance::run_all(|| {
-        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = counter.fetch_add(1, Ordering::Relaxed);
         Arc::new(RedbStore::open(&dir.path().join(format!("s{n}.redb"))).unwrap()) as Arc<dyn Store>
     })
     .await;
 }
 
 #[tokio::test]
-async fn reopen_keeps_data_and_revision_and_compacts_history() {
+async fn reopen_keeps_data_and_revision_and_starts_history_empty() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("state.redb");
+    // Missing directories are created.
+    let path = dir.path().join("data").join("state.redb");
     {
         let store = RedbStore::open(&path).unwrap();
-        for i in 0..5 {
-            store
-                .txn(Txn {
-                    compares: vec![],
-                    ops: vec![Op::Put {
-                        key: format!("k{i}"),
-                        value: vec![i],
-                    }],
-                })
-                .await
-                .unwrap();
+        for i in 0..5u8 {
+            store.txn(put(&format!("k{i}"), &[i])).await.unwrap();
         }
-        store.shutdown();
+        store.txn(put("k1", b"again")).await.unwrap();
+        // Dropped here without an explicit shutdown.
     }
     let store = RedbStore::open(&path).unwrap();
-    assert_eq!(store.revision().await.unwrap(), 5);
+    assert_eq!(store.revision().await.unwrap(), 6);
     assert_eq!(store.get("k3").await.unwrap().unwrap().value, vec![3]);
-    assert!(matches!(
-        store.watch("k", 2),
-        Err(StoreError::Compacted { .. })
-    ));
-    let outcome = store
-        .txn(Txn {
-            compares: vec![],
-            ops: vec![Op::Put {
-                key: "k9".into(),
-                value: vec![],
-            }],
+    let k1 = store.get("k1").await.unwrap().unwrap();
+    assert_eq!((k1.create_revision, k1.mod_revision, k1.version), (2, 6, 2));
+    let listed = store
+        .range(RangeRequest {
+            prefix: "k".into(),
+            start_after: None,
+            limit: 0,
         })
         .await
         .unwrap();
-    assert_eq!(outcome, TxnOutcome::Committed { revision: 6 });
+    assert_eq!((listed.kvs.len(), listed.revision), (5, 6));
+    assert!(matches!(
+        store.watch("k", 2),
+        Err(StoreError::Compacted {
+            requested: 2,
+            oldest: 7
+        })
+    ));
+    let mut watcher = store.watch("k", 7).unwrap();
+    assert_eq!(
+        store.txn(put("k9", b"")).await.unwrap(),
+        TxnOutcome::Committed { revision: 7 }
+    );
+    assert_eq!(watcher.next().await.unwrap()[0].kv.key, "k9");
+}
+
+#[tokio::test]
+async fn shutdown_finishes_queued_writes_then_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let store = Arc::new(RedbStore::open(&path).unwrap());
+    let mut watcher = store.watch("", 0).unwrap();
+    let writers: Vec<_> = (0..50)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.txn(put(&format!("q/{i}"), b"v")).await })
+        })
+        .collect();
+    // Let every writer queue its txn before shutting down.
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    store.shutdown();
+    let mut acknowledged = Vec::new();
+    for (i, writer) in writers.into_iter().enumerate() {
+        match writer.await.unwrap() {
+            Ok(TxnOutcome::Committed { .. }) => acknowledged.push(format!("q/{i}")),
+            Err(StoreError::Closed) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(matches!(
+        store.txn(put("late", b"v")).await,
+        Err(StoreError::Closed)
+    ));
+    assert!(matches!(store.watch("", 0), Err(StoreError::Closed)));
+    // Watchers get the committed events, then Closed.
+    let mut watched = 0;
+    loop {
+        match watcher.next().await {
+            Ok(events) => watched += events.len(),
+            Err(StoreError::Closed) => break,
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(watched, acknowledged.len());
+    // Reads still work; shutdown is idempotent.
+    for key in &acknowledged {
+        assert!(store.get(key).await.unwrap().is_some());
+    }
+    store.shutdown();
+    drop(store);
+    let reopened = RedbStore::open(&path).unwrap();
+    assert_eq!(
+        reopened.revision().await.unwrap() as usize,
+        acknowledged.len()
+    );
+}
+
+#[test]
+fn a_second_open_of_the_same_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let _first = RedbStore::open(&path).unwrap();
+    match RedbStore::open(&path) {
+        Err(error @ StoreError::InUse { .. }) => {
+            assert!(error.to_string().contains("state.redb"), "{error}")
+        }
+        other => panic!("expected InUse, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_damaged_record_is_reported_not_panicked_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    {
+        // Write a record shorter than its header behind the store's back.
+        let db = redb::Database::create(&path).unwrap();
+        let write = db.begin_write().unwrap();
+        {
+            let table: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("kv");
+            let mut table = write.open_table(table).unwrap();
+            table.insert("bad", &b"short"[..]).unwrap();
+            table
+                .insert("good", &[[1u8; 8], [1; 8], [1; 8]].concat()[..])
+                .unwrap();
+        }
+        write.commit().unwrap();
+    }
+    let store = RedbStore::open(&path).unwrap();
+    assert!(matches!(
+        store.get("bad").await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(store.get("good").await.unwrap().is_some());
+    let touches_bad = Txn {
+        compares: vec![Compare::ModRevision {
+            key: "bad".into(),
+            mod_revision: 0,
+        }],
+        ops: vec![],
+    };
+    assert!(matches!(
+        store.txn(touches_bad).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    // Other writes are unaffected.
+    assert_eq!(
+        store.txn(put("new", b"v")).await.unwrap(),
+        TxnOutcome::Committed { revision: 1 }
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_state_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    std::fs::write(&path, vec![0xAB; 8192]).unwrap();
+    let error = RedbStore::open(&path).unwrap_err();
+    assert!(
+        matches!(error, StoreError::Storage(_) | StoreError::Corrupt(_)),
+        "{error:?}"
+    );
 }
 
 const WRITER_ENV: &str = "FLOTILLA_STORE_CRASH_WRITER";
+const WORKERS: usize = 4;
 
-/// In the child: write forever, printing each acknowledged key.
-#[tokio::test]
+/// In the child process only (the parent re-executes this binary): write forever and print
+/// each acknowledged write. Every txn creates a fresh key and bumps the worker's counter by
+/// CAS; a line is printed only after the store answered Committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_writer_child() {
     let Ok(path) = std::env::var(WRITER_ENV) else {
         return;
     };
-    let store = RedbStore::open(std::path::Path::new(&path)).unwrap();
-    let store = Arc::new(store);
-    let mut handles = Vec::new();
-    for worker in 0..4 {
-        let store = store.clone();
-        handles.push(tokio::spawn(async move {
-            for i in 0u64.. {
-                let key = format!("w{worker}/{i}");
-                let outcome = store
-                    .txn(Txn {
-                        compares: vec![Compare::ModRevision {
-                            key: key.clone(),
-                            mod_revision: 0,
-                        }],
-                        ops: vec![Op::Put {
-                            key: key.clone(),
-                            value: i.to_le_bytes().to_vec(),
-                        }],
-                    })
-                    .await
-                    .unwrap();
-                assert!(matches!(outcome, TxnOutcome::Committed { .. }));
-                let mut out = std::io::stdout().lock();
-                writeln!(out, "ACK {key}").unwrap();
-                out.flush().unwrap();
-            }
-        }));
-    }
+    let store = Arc::new(RedbStore::open(Path::new(&path)).expect("open in the child"));
+    let handles: Vec<_> = (0..WORKERS)
+        .map(|worker| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let counter = format!("c/{worker}");
+                let mut counter_revision = 0;
+                for i in 1u64.. {
+                    let key = format!("w/{worker}/{i}");
+                    let outcome = store
+                        .txn(Txn {
+                            compares: vec![
+                                Compare::ModRevision {
+                                    key: key.clone(),
+                                    mod_revision: 0,
+                                },
+                                Compare::ModRevision {
+                                    key: counter.clone(),
+                                    mod_revision: counter_revision,
+                                },
+                            ],
+                            ops: vec![
+                                Op::Put {
+                                    key: key.clone(),
+                                    value: i.to_le_bytes().to_vec(),
+                                },
+                                Op::Put {
+                                    key: counter.clone(),
+                                    value: i.to_le_bytes().to_vec(),
+                                },
+                            ],
+                        })
+                        .await
+                        .expect("txn in the child");
+                    let TxnOutcome::Committed { revision } = outcome else {
+                        panic!("the child's own keys cannot conflict: {outcome:?}");
+                    };
+                    counter_revision = revision;
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "ACK {worker} {i} {revision}").expect("stdout");
+                    out.flush().expect("stdout");
+                }
+            })
+        })
+        .collect();
     for handle in handles {
         handle.await.unwrap();
     }
@@ -104,6 +261,7 @@ async fn crash_writer_child() {
 
 #[tokio::test]
 async fn kill_9_loses_no_acknowledged_write() {
+    const KILL_AFTER: usize = 1500;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crash.redb");
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
@@ -117,29 +275,53 @@ async fn kill_9_loses_no_acknowledged_write() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut acknowledged = Vec::new();
+    // (worker, i, revision) per acknowledged txn.
+    let mut acknowledged: Vec<(usize, u64, u64)> = Vec::new();
     let reader = BufReader::new(child.stdout.take().unwrap());
     for line in reader.lines() {
         let line = line.unwrap();
-        if let Some(key) = line.strip_prefix("ACK ") {
-            acknowledged.push(key.to_owned());
-            if acknowledged.len() == 2000 {
-                child.kill().unwrap(); // SIGKILL
-                break;
-            }
+        let Some(rest) = line.strip_prefix("ACK ") else {
+            continue;
+        };
+        let fields: Vec<u64> = rest.split(' ').map(|f| f.parse().unwrap()).collect();
+        acknowledged.push((fields[0] as usize, fields[1], fields[2]));
+        if acknowledged.len() == KILL_AFTER {
+            // SIGKILL while the child is still writing: mid-batch, mid-fsync, anywhere.
+            child.kill().unwrap();
+            break;
         }
     }
     child.wait().unwrap();
     assert_eq!(
         acknowledged.len(),
-        2000,
-        "the writer acknowledged enough writes before the kill"
+        KILL_AFTER,
+        "the child stopped early; its stderr above says why"
     );
+
     let store = RedbStore::open(&path).unwrap();
-    for key in &acknowledged {
-        assert!(
-            store.get(key).await.unwrap().is_some(),
-            "acknowledged {key} was lost"
-        );
+    let revision = store.revision().await.unwrap();
+    let mut last_per_worker = [0u64; WORKERS];
+    for &(worker, i, acked_revision) in &acknowledged {
+        let kv = store
+            .get(&format!("w/{worker}/{i}"))
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("acknowledged w/{worker}/{i} was lost"));
+        assert_eq!(kv.value, i.to_le_bytes());
+        assert_eq!(kv.create_revision, acked_revision);
+        assert!(revision >= acked_revision);
+        last_per_worker[worker] = last_per_worker[worker].max(i);
     }
+    for (worker, last) in last_per_worker.iter().enumerate() {
+        let counter = store.get(&format!("c/{worker}")).await.unwrap().unwrap();
+        let value = u64::from_le_bytes(counter.value.try_into().unwrap());
+        assert!(value >= *last, "counter {worker} went back to {value}");
+    }
+    // The reopened store keeps working from where it was.
+    assert_eq!(
+        store.txn(put("after", b"v")).await.unwrap(),
+        TxnOutcome::Committed {
+            revision: revision + 1
+        }
+    );
 }
