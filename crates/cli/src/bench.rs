@@ -117,7 +117,10 @@ fn report(action: &str, mut latencies: Vec<Duration>, wall: Duration) {
     );
 }
 
-async fn bench_api(requests: usize, concurrency: usize, hosts: usize) -> anyhow::Result<()> {
+/// An in-process server on loopback with an on-disk store in a fresh temporary dir.
+async fn start_server(
+    tune: impl FnOnce(&mut flotilla_server::ServerConfig),
+) -> anyhow::Result<(flotilla_server::RunningServer, std::path::PathBuf)> {
     let data_dir = tempfile_dir()?;
     let store: Arc<dyn flotilla_store::Store> = Arc::new(flotilla_store::RedbStore::open(
         &data_dir.join("state.redb"),
@@ -126,11 +129,13 @@ async fn bench_api(requests: usize, concurrency: usize, hosts: usize) -> anyhow:
         access_key_id: TEST_ACCESS_KEY_ID.to_owned(),
         secret_access_key: TEST_SECRET_ACCESS_KEY.to_owned(),
     };
-    let server = flotilla_server::start(
-        flotilla_server::ServerConfig::new("127.0.0.1:0".parse()?, credentials),
-        store,
-    )
-    .await?;
+    let mut config = flotilla_server::ServerConfig::new("127.0.0.1:0".parse()?, credentials);
+    tune(&mut config);
+    Ok((flotilla_server::start(config, store).await?, data_dir))
+}
+
+async fn bench_api(requests: usize, concurrency: usize, hosts: usize) -> anyhow::Result<()> {
+    let (server, data_dir) = start_server(|_| {}).await?;
     let endpoint = server.endpoint();
     let client = ServerClient::new(&endpoint, test_identity());
     call(&client, "CreateCluster", json!({"clusterName": "bench"})).await?;
@@ -243,19 +248,7 @@ fn percentile(sorted: &[Duration], q: f64) -> f64 {
 
 async fn bench_launch(iterations: usize) -> anyhow::Result<()> {
     let image = flotilla_docker::testing::ensure_test_image().map_err(|e| anyhow::anyhow!(e))?;
-    let data_dir = tempfile_dir()?;
-    let store: Arc<dyn flotilla_store::Store> = Arc::new(flotilla_store::RedbStore::open(
-        &data_dir.join("state.redb"),
-    )?);
-    let credentials = flotilla_api::sigv4::Credentials {
-        access_key_id: TEST_ACCESS_KEY_ID.to_owned(),
-        secret_access_key: TEST_SECRET_ACCESS_KEY.to_owned(),
-    };
-    let server = flotilla_server::start(
-        flotilla_server::ServerConfig::new("127.0.0.1:0".parse()?, credentials),
-        store,
-    )
-    .await?;
+    let (server, data_dir) = start_server(|_| {}).await?;
     let endpoint = server.endpoint();
     let client = ServerClient::new(&endpoint, test_identity());
     let cluster = format!("bench-launch-{}", std::process::id());
@@ -431,18 +424,9 @@ fn peak_memory_mib() -> Option<f64> {
 
 async fn bench_scheduler(hosts: usize, tasks: usize, concurrency: usize) -> anyhow::Result<()> {
     const TASKS_PER_CALL: usize = 10;
-    let data_dir = tempfile_dir()?;
-    let store: Arc<dyn flotilla_store::Store> = Arc::new(flotilla_store::RedbStore::open(
-        &data_dir.join("state.redb"),
-    )?);
-    let credentials = flotilla_api::sigv4::Credentials {
-        access_key_id: TEST_ACCESS_KEY_ID.to_owned(),
-        secret_access_key: TEST_SECRET_ACCESS_KEY.to_owned(),
-    };
-    let mut config = flotilla_server::ServerConfig::new("127.0.0.1:0".parse()?, credentials);
     // The simulated hosts never poll; keep them connected for the whole run.
-    config.disconnect_timeout = Duration::from_secs(24 * 3600);
-    let server = flotilla_server::start(config, store).await?;
+    let (server, data_dir) =
+        start_server(|config| config.disconnect_timeout = Duration::from_secs(24 * 3600)).await?;
     let client = ServerClient::new(server.endpoint(), test_identity());
     call(&client, "CreateCluster", json!({"clusterName": "sched"})).await?;
     println!(

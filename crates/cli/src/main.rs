@@ -364,15 +364,7 @@ async fn print_logs(
 ) -> anyhow::Result<()> {
     use futures::StreamExt;
     use std::io::Write;
-    let (endpoint, credentials) = client_settings(data_dir)?;
-    let client = flotilla_agent::ServerClient::new(
-        &endpoint,
-        flotilla_agent::SigningIdentity {
-            access_key_id: credentials.access_key_id,
-            secret_access_key: credentials.secret_access_key,
-            region: DEFAULT_REGION.to_owned(),
-        },
-    );
+    let client = operator_client(data_dir)?;
     let located: flotilla_protocol::LocateTaskLogsResponse = client
         .call(
             &format!(
@@ -410,15 +402,7 @@ async fn explain_placement(
     strategies: Vec<String>,
 ) -> anyhow::Result<()> {
     use flotilla_model::task_definition::{PlacementConstraint, PlacementStrategy};
-    let (endpoint, credentials) = client_settings(data_dir)?;
-    let client = flotilla_agent::ServerClient::new(
-        &endpoint,
-        flotilla_agent::SigningIdentity {
-            access_key_id: credentials.access_key_id,
-            secret_access_key: credentials.secret_access_key,
-            region: DEFAULT_REGION.to_owned(),
-        },
-    );
+    let client = operator_client(data_dir)?;
     let mut placement_constraints = Vec::new();
     if let Some(expression) = member_of {
         placement_constraints.push(PlacementConstraint {
@@ -491,6 +475,19 @@ async fn explain_placement(
         None => println!("RunTask could not place it now"),
     }
     Ok(())
+}
+
+/// A signed client of the running server, for the CLI's own calls.
+fn operator_client(data_dir: &std::path::Path) -> anyhow::Result<flotilla_agent::ServerClient> {
+    let (endpoint, credentials) = client_settings(data_dir)?;
+    Ok(flotilla_agent::ServerClient::new(
+        &endpoint,
+        flotilla_agent::SigningIdentity {
+            access_key_id: credentials.access_key_id,
+            secret_access_key: credentials.secret_access_key,
+            region: DEFAULT_REGION.to_owned(),
+        },
+    ))
 }
 
 /// The endpoint and keys for CLI calls: AWS_* variables if set, else the data dir's.
