@@ -52,8 +52,10 @@ pub(crate) fn validate_attribute(attribute: &Attribute) -> Result<(), EcsError> 
     Ok(())
 }
 
+/// Built-in attributes (`ecs.*`, and the agent's `com.amazonaws.ecs.capability.*`) do not
+/// count against the custom attribute limit, as in ECS.
 fn is_custom(name: &str) -> bool {
-    !name.starts_with("ecs.")
+    !name.starts_with("ecs.") && !name.starts_with("com.amazonaws.ecs.")
 }
 
 impl Engine {
