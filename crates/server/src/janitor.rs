@@ -29,7 +29,7 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
     }
 }
 
-/// One sweep at time `now`; returns how many tasks were forgotten.
+/// One sweep at time `now`; returns how many records (tasks, tokens) were forgotten.
 pub async fn sweep(engine: &Engine, now: Timestamp) -> Result<usize, flotilla_model::EcsError> {
     let retention = engine.config.stopped_task_retention_ms;
     let all = engine.db().list::<serde_json::Value>("r/").await?;
@@ -38,6 +38,16 @@ pub async fn sweep(engine: &Engine, now: Timestamp) -> Result<usize, flotilla_mo
     for kv in all {
         if forgotten >= DELETIONS_PER_SWEEP_MAX {
             break;
+        }
+        if kv.key.contains("/token/runtask/") {
+            // A RunTask clientToken is remembered for a while, then forgotten.
+            let expired = serde_json::from_value::<crate::engine::RunTaskToken>(kv.value)
+                .is_ok_and(|token| token.expires_at <= now);
+            if expired {
+                txn.expect(&kv.key, kv.mod_revision).delete(&kv.key);
+                forgotten += 1;
+            }
+            continue;
         }
         if !kv.key.contains("/task/") {
             continue;

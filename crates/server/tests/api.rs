@@ -1770,3 +1770,79 @@ async fn explain_placement_says_why_host_by_host() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn stopped_tasks_and_client_tokens_are_forgotten_after_their_retention() {
+    let t = start_with(|config| {
+        config.engine.stopped_task_retention_ms = 0;
+        config.engine.client_token_retention_ms = 0;
+    })
+    .await;
+    let c = &t.client;
+    c.create_cluster().cluster_name("jan").send().await.unwrap();
+    let _agent = FakeAgent::start(
+        &t.endpoint,
+        FakeHost::new("jan", 1024, 1024),
+        FakeMode::AutoRun,
+    )
+    .await
+    .unwrap();
+    c.register_task_definition()
+        .family("jan")
+        .container_definitions(container("app", 64))
+        .send()
+        .await
+        .unwrap();
+    let run = c
+        .run_task()
+        .cluster("jan")
+        .task_definition("jan")
+        .client_token("once")
+        .send()
+        .await
+        .unwrap();
+    let arn = run.tasks.unwrap()[0].task_arn.clone().unwrap();
+    c.stop_task()
+        .cluster("jan")
+        .task(&arn)
+        .send()
+        .await
+        .unwrap();
+    eventually("task stops", || async {
+        let d = c
+            .describe_tasks()
+            .cluster("jan")
+            .tasks(&arn)
+            .send()
+            .await
+            .unwrap();
+        d.tasks.unwrap()[0].last_status.as_deref() == Some("STOPPED")
+    })
+    .await;
+    let later = flotilla_model::Timestamp::from_millis(i64::MAX / 2);
+    let forgotten = flotilla_server::janitor::sweep(&t.server.engine, later)
+        .await
+        .unwrap();
+    assert_eq!(forgotten, 2, "the stopped task and the expired token");
+    let d = c
+        .describe_tasks()
+        .cluster("jan")
+        .tasks(&arn)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(d.failures.unwrap()[0].reason.as_deref(), Some("MISSING"));
+    // The token is gone too: the same token starts a new task.
+    let again = c
+        .run_task()
+        .cluster("jan")
+        .task_definition("jan")
+        .client_token("once")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(
+        again.tasks.unwrap()[0].task_arn.as_deref(),
+        Some(arn.as_str())
+    );
+}

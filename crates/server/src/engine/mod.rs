@@ -22,6 +22,7 @@ use flotilla_model::{Cluster, ClusterStatus, EcsError, Scope, Timestamp};
 use crate::db::{Db, Keys, TxnBuilder, Versioned};
 
 pub use instances::InstanceRegistration;
+pub(crate) use tasks::RunTaskToken;
 pub use tasks::{apply_task_state_change, release_on_stop, request_stop};
 
 /// Who is calling, where, and when. Built by the HTTP shell from the verified signature.
