@@ -123,10 +123,6 @@ impl StateCache {
             .unwrap_or_default()
     }
 
-    pub fn applied_revision(&self) -> Revision {
-        *self.applied.borrow()
-    }
-
     /// Waits (bounded) until the cache has applied `revision`.
     pub async fn wait_for(&self, revision: Revision) {
         let mut receiver = self.applied.subscribe();

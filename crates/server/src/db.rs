@@ -158,30 +158,6 @@ impl Db {
         }
     }
 
-    /// Keys under `prefix` after `start_after`, at most `limit` (0 = all), plus whether more exist.
-    pub async fn page<T: DeserializeOwned>(
-        &self,
-        prefix: &str,
-        start_after: Option<String>,
-        limit: usize,
-    ) -> Result<(Vec<Versioned<T>>, bool), EcsError> {
-        let page = self
-            .store
-            .range(RangeRequest {
-                prefix: prefix.to_owned(),
-                start_after,
-                limit,
-            })
-            .await
-            .map_err(store_error)?;
-        let items = page
-            .kvs
-            .into_iter()
-            .map(decode)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((items, page.more))
-    }
-
     /// Keys only (values ignored), for index prefixes.
     pub async fn keys(&self, prefix: &str) -> Result<Vec<String>, EcsError> {
         let page = self

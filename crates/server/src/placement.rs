@@ -8,15 +8,7 @@ use flotilla_scheduler::Host;
 use crate::cache::TaskSummary;
 
 /// One `Host` per instance, in the same order, with task groups and running counts.
-pub fn hosts<'a>(
-    instances: &[ContainerInstance],
-    tasks: impl IntoIterator<Item = &'a TaskSummary>,
-) -> Vec<Host> {
-    hosts_of(instances, tasks)
-}
-
-/// Like [`hosts`], from borrowed instance records (no copies of the records themselves).
-pub fn hosts_of<'a, 'b>(
+pub fn hosts<'a, 'b>(
     instances: impl IntoIterator<Item = &'b ContainerInstance>,
     tasks: impl IntoIterator<Item = &'a TaskSummary>,
 ) -> Vec<Host> {

@@ -176,7 +176,7 @@ impl Engine {
                 .collect();
             // One index per batch: its columns are built once and every job of the batch
             // places against them, seeing the placements of the jobs before it.
-            let mut index = flotilla_scheduler::HostIndex::new(crate::placement::hosts_of(
+            let mut index = flotilla_scheduler::HostIndex::new(crate::placement::hosts(
                 instances.iter().map(|i| &i.value),
                 snapshot.tasks.values(),
             ));

@@ -54,13 +54,12 @@ impl Engine {
             strategies,
         };
         let snapshot = self.snapshot(ctx, &cluster.value.name).await?;
-        let instances: Vec<_> = snapshot
+        let instances = snapshot
             .instances
             .values()
-            .filter(|i| i.value.status != ContainerInstanceStatus::Inactive)
-            .map(|i| i.value.clone())
-            .collect();
-        let hosts = crate::placement::hosts(&instances, snapshot.tasks.values());
+            .map(|i| &i.value)
+            .filter(|i| i.status != ContainerInstanceStatus::Inactive);
+        let hosts = crate::placement::hosts(instances, snapshot.tasks.values());
         let verdicts = flotilla_scheduler::explain(&hosts, &placement);
         let chosen = flotilla_scheduler::place(&hosts, &placement, 0)
             .placements

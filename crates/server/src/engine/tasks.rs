@@ -371,20 +371,24 @@ impl Engine {
                     )),
                 }
             }
-            let snapshot = self.snapshot(ctx, &cluster_name).await?;
-            let records: Vec<ContainerInstance> =
-                instances.iter().map(|i| i.value.clone()).collect();
-            let hosts = crate::placement::hosts(&records, snapshot.tasks.values());
-            // Each named instance gets one task; reserve in order so a repeated instance
-            // sees the earlier reservation.
-            let mut remaining: Vec<_> = hosts.clone();
+            // StartTask names its hosts: only what is left on each matters (no strategies,
+            // no groups), read from the records themselves.
+            let mut remaining: Vec<(bool, flotilla_model::Resources)> = instances
+                .iter()
+                .map(|i| {
+                    (
+                        i.value.status == ContainerInstanceStatus::Active,
+                        i.value.remaining.clone(),
+                    )
+                })
+                .collect();
             for (index, arn) in &wanted {
-                let host = &mut remaining[*index];
-                if !host.active {
+                let (active, left) = &mut remaining[*index];
+                if !*active {
                     failures.push(Failure::new(arn.clone(), "INACTIVE"));
                     continue;
                 }
-                match host.remaining.reserve(&demand) {
+                match left.reserve(&demand) {
                     Ok(reservation) => placements.push((*index, reservation)),
                     Err(shortfall) => failures.push(Failure::new(arn.clone(), shortfall.reason())),
                 }
