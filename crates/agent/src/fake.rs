@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use flotilla_model::Timestamp;
-use flotilla_model::task::{HealthStatus, NetworkBinding};
+use flotilla_model::task::{HealthStatus, NetworkBinding, TaskNetwork};
 use tokio::sync::broadcast;
 
 use crate::runtime::*;
@@ -38,6 +38,8 @@ struct State {
     next_id: u64,
     next_port: u16,
     unavailable: bool,
+    /// awsvpc sandboxes by name.
+    sandboxes: BTreeMap<String, TaskNetwork>,
 }
 
 /// An in-memory runtime. Every image can be pulled unless [`FakeRuntime::fail_pull`] said
@@ -526,6 +528,10 @@ impl Runtime for FakeRuntime {
         let result = (|| {
             let mut guard = self.state();
             let state = &mut *guard;
+            if state.sandboxes.remove(id).is_some() {
+                state.calls.push(format!("remove_sandbox {id}"));
+                return Ok(None);
+            }
             let key = match Self::resolve(state, "remove", id) {
                 Ok(key) => key,
                 Err(RuntimeError::NotFound(_)) => return Ok(None),
@@ -588,5 +594,42 @@ impl Runtime for FakeRuntime {
                 }
             },
         ))
+    }
+
+    fn ensure_cluster_network<'a>(
+        &'a self,
+        cluster: &'a str,
+    ) -> BoxFuture<'a, Result<ClusterNetwork, RuntimeError>> {
+        ready(Ok(ClusterNetwork {
+            name: format!("flotilla-{cluster}"),
+            id: format!("fake-network-{cluster}"),
+            subnet_cidr: "10.99.0.0/16".to_owned(),
+            gateway: "127.0.0.1".to_owned(),
+        }))
+    }
+
+    fn ensure_sandbox<'a>(
+        &'a self,
+        spec: &'a SandboxSpec,
+    ) -> BoxFuture<'a, Result<TaskNetwork, RuntimeError>> {
+        let mut state = self.state();
+        if state.unavailable {
+            return ready(Err(RuntimeError::Unavailable(
+                "fake runtime is down".into(),
+            )));
+        }
+        state.calls.push(format!("ensure_sandbox {}", spec.name));
+        let n = state.sandboxes.len() + 2;
+        let network = state
+            .sandboxes
+            .entry(spec.name.clone())
+            .or_insert_with(|| TaskNetwork {
+                private_ipv4_address: format!("10.99.{}.{}", n / 250, n % 250),
+                mac_address: format!("02:42:0a:63:{:02x}:{:02x}", n / 250, n % 250),
+                subnet_cidr: "10.99.0.0/16".to_owned(),
+                gateway_ipv4_address: "10.99.0.1".to_owned(),
+            })
+            .clone();
+        ready(Ok(network))
     }
 }

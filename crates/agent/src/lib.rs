@@ -20,6 +20,8 @@ pub mod client;
 pub mod fake;
 pub mod host;
 pub mod logs;
+pub mod metadata;
+pub mod registry_auth;
 pub mod runtime;
 pub mod spec;
 pub mod task_engine;
@@ -107,6 +109,13 @@ pub struct AgentConfig {
     /// The URL the control plane should give out for the logs endpoint (default: derived
     /// from the bound address).
     pub logs_advertise_url: Option<String>,
+    /// Offer this host as Fargate capacity (`flotilla agent --fargate`): it runs FARGATE
+    /// and FARGATE_SPOT tasks only and is hidden from the user's instance lists.
+    pub fargate_capacity: bool,
+    /// The OCI runtime Fargate tasks run under (`runsc`, `kata-runtime`), when installed.
+    pub fargate_runtime: Option<String>,
+    /// Serve the task metadata endpoint (v4) on the cluster network's gateway.
+    pub metadata_endpoint: bool,
 }
 
 impl AgentConfig {
@@ -132,6 +141,9 @@ impl AgentConfig {
             pull_attempts_max: task_runner::PULL_ATTEMPTS_MAX,
             logs_listen: None,
             logs_advertise_url: None,
+            fargate_capacity: false,
+            fargate_runtime: None,
+            metadata_endpoint: true,
         }
     }
 }
@@ -270,6 +282,7 @@ async fn register(
             attributes: facts.attributes.clone(),
             version_info: facts.version_info.clone(),
             agent_endpoint: agent_endpoint.clone(),
+            fargate_capacity: config.fargate_capacity,
         };
         let result = tokio::select! {
             _ = shutdown.cancelled() => return Ok(None),
@@ -308,6 +321,7 @@ fn orphan_task(task_arn: &str, cluster_arn: &str, definition_arn: Option<&str>) 
         stopped_reason: None,
         version: 0,
         created_at: Timestamp::default(),
+        launch: Default::default(),
     }
 }
 
@@ -445,6 +459,27 @@ async fn stop_all(runtime: &dyn Runtime, cluster: &str, instance_id: &str, defau
     futures::future::join_all(stops).await;
 }
 
+/// Binds the task metadata endpoint on the cluster network's gateway (an ephemeral port, so
+/// several agents can share a host) and returns it with its base URL.
+async fn serve_metadata_endpoint(
+    runtime: &dyn Runtime,
+    cluster: &str,
+) -> Result<(tokio::net::TcpListener, String), String> {
+    let network = runtime
+        .ensure_cluster_network(cluster)
+        .await
+        .map_err(|e| e.to_string())?;
+    let gateway: std::net::IpAddr = network
+        .gateway
+        .parse()
+        .map_err(|e| format!("gateway {}: {e}", network.gateway))?;
+    let listener = tokio::net::TcpListener::bind((gateway, 0))
+        .await
+        .map_err(|e| format!("cannot listen on {gateway}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    Ok((listener, format!("http://{bound}")))
+}
+
 /// Runs the agent until `shutdown`: registers the host, adopts the containers it already
 /// runs, then polls the control plane and runs the tasks it assigns. On shutdown the
 /// containers keep running; the next agent adopts them.
@@ -527,8 +562,36 @@ pub async fn run(
     };
     let mut context = RunnerContext::new(runtime.clone(), reporter, &cluster_name, settings);
     context.registry_auth = config.registry_auth.clone();
+    context.server_registry = Some(Arc::new(registry_auth::ServerRegistryAuth::new(
+        client.clone(),
+        &config.server,
+    )));
     context.instance_id = Some(state.ec2_instance_id.clone());
     context.pull_attempts_max = config.pull_attempts_max.max(1);
+    context.fargate_runtime = config.fargate_runtime.clone();
+    if config.metadata_endpoint {
+        match serve_metadata_endpoint(&*runtime, &cluster_name).await {
+            Ok((listener, url)) => {
+                tracing::info!(%url, "serving the task metadata endpoint");
+                let (runtime, directory, token) = (
+                    runtime.clone(),
+                    context.directory.clone(),
+                    background.clone(),
+                );
+                background_tasks.push(tokio::spawn(async move {
+                    if let Err(error) =
+                        metadata::serve_metadata(listener, runtime, directory, token).await
+                    {
+                        tracing::error!(%error, "the task metadata endpoint stopped");
+                    }
+                }));
+                context.metadata_endpoint = Some(url);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "no task metadata endpoint: containers get no ECS_CONTAINER_METADATA_URI_V4")
+            }
+        }
+    }
     let wakers = Arc::new(Wakers::default());
     background_tasks.push(tokio::spawn(route_events(
         runtime.clone(),

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use flotilla_model::Timestamp;
-use flotilla_model::task::{HealthStatus, NetworkBinding};
+use flotilla_model::task::{HealthStatus, NetworkBinding, TaskNetwork};
 use futures::Stream;
 
 pub use crate::spec::{
@@ -261,6 +261,32 @@ pub struct LogChunk {
     pub bytes: Vec<u8>,
 }
 
+/// A cluster's network on one host: awsvpc tasks get their addresses from its subnet, and
+/// the agent serves the task metadata endpoint on its gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterNetwork {
+    /// The engine's name of the network (`flotilla-<cluster>`).
+    pub name: String,
+    /// The engine's id of the network.
+    pub id: String,
+    pub subnet_cidr: String,
+    pub gateway: String,
+}
+
+/// An awsvpc task's sandbox: a container that owns the task's network namespace (and
+/// address) and does nothing else; the task's containers join its namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SandboxSpec {
+    /// The runtime name, see [`crate::spec::sandbox_name`].
+    pub name: String,
+    /// The cluster whose network it joins.
+    pub cluster: String,
+    /// The task's labels (but no container name: the sandbox is not one of its containers).
+    pub labels: BTreeMap<String, String>,
+    /// The OCI runtime, as the task's containers use it.
+    pub oci_runtime: Option<String>,
+}
+
 /// A container engine. All methods are idempotent where the engine allows it: stopping a
 /// stopped container, removing a missing one or creating an existing volume succeed.
 pub trait Runtime: Send + Sync {
@@ -324,6 +350,38 @@ pub trait Runtime: Send + Sync {
     /// Events of managed containers from now on. The stream ends when the engine connection
     /// breaks; callers reconnect and re-inspect (events may have been missed meanwhile).
     fn events(&self) -> BoxStream<'static, Result<RuntimeEvent, RuntimeError>>;
+
+    /// Makes the cluster's network present (awsvpc tasks, the metadata endpoint).
+    fn ensure_cluster_network<'a>(
+        &'a self,
+        cluster: &'a str,
+    ) -> BoxFuture<'a, Result<ClusterNetwork, RuntimeError>> {
+        let _ = cluster;
+        Box::pin(std::future::ready(Err(RuntimeError::Refused(
+            "this runtime has no task networks (awsvpc)".to_owned(),
+        ))))
+    }
+
+    /// Makes an awsvpc task's sandbox present and running, and says what its network
+    /// looks like. Remove it with [`Runtime::remove`] by its name.
+    fn ensure_sandbox<'a>(
+        &'a self,
+        spec: &'a SandboxSpec,
+    ) -> BoxFuture<'a, Result<TaskNetwork, RuntimeError>> {
+        let _ = spec;
+        Box::pin(std::future::ready(Err(RuntimeError::Refused(
+            "this runtime has no task networks (awsvpc)".to_owned(),
+        ))))
+    }
+
+    /// One sample of a container's resource usage, in the Docker Engine's stats format
+    /// (what the task metadata endpoint's `/stats` shows).
+    fn stats<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<serde_json::Value, RuntimeError>> {
+        let _ = id;
+        Box::pin(std::future::ready(Err(RuntimeError::Refused(
+            "this runtime keeps no statistics".to_owned(),
+        ))))
+    }
 }
 
 #[cfg(test)]

@@ -30,13 +30,21 @@ pub const CPU_SHARES_MIN: i64 = 2;
 const MIB: i64 = 1024 * 1024;
 
 /// The network a container joins.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkSpec {
     Bridge,
     Host,
     None,
+    /// The network namespace of another container (by runtime name): an awsvpc task's
+    /// containers join their task's sandbox, see [`sandbox_name`].
+    Container(String),
 }
+
+/// The pids limit of each container of a Fargate task.
+pub const FARGATE_PIDS_MAX: i64 = 4096;
+/// Nanoseconds of CPU time per second that one ECS CPU unit (1/1024 vCPU) may use.
+const NANO_CPUS_PER_UNIT: i64 = 1_000_000_000 / 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -216,10 +224,17 @@ pub struct ContainerSpec {
     pub gpu_ids: Vec<String>,
     pub pid_mode: Option<String>,
     pub ipc_mode: Option<String>,
+    /// A hard CPU limit in billionths of a CPU (Fargate: the task's size).
+    pub nano_cpus: Option<i64>,
+    /// The most processes the container may have.
+    pub pids_limit: Option<i64>,
+    /// The OCI runtime to run the container with (`runsc`, `kata-runtime`); `None`: the
+    /// engine's default.
+    pub oci_runtime: Option<String>,
 }
 
 /// What [`container_spec`] needs besides the task.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct SpecContext<'a> {
     /// The cluster name the agent runs in (labels carry it, adoption filters on it).
     pub cluster: &'a str,
@@ -227,6 +242,11 @@ pub struct SpecContext<'a> {
     pub stop_timeout_default: Duration,
     /// The owning agent's host id, carried as a label (see `labels::INSTANCE`).
     pub instance_id: Option<&'a str>,
+    /// The agent's task metadata endpoint (`http://172.18.0.1:40123`), given to containers
+    /// as `ECS_CONTAINER_METADATA_URI_V4`.
+    pub metadata_endpoint: Option<&'a str>,
+    /// The OCI runtime Fargate tasks run under (operator setting), if not the default.
+    pub fargate_runtime: Option<&'a str>,
 }
 
 /// The last segment of an ARN: a task's id.
@@ -278,14 +298,28 @@ pub fn task_labels(task: &AssignedTask, cluster: &str) -> BTreeMap<String, Strin
     .collect()
 }
 
-/// How the task's network mode runs on one host. `awsvpc` (an ENI per task) has no
-/// equivalent here and runs as `bridge`.
-pub fn network_spec(mode: NetworkMode) -> NetworkSpec {
+/// How the task's network mode runs on one host. `awsvpc` (an ENI per task) becomes the
+/// network namespace of the task's sandbox container, which has its own address on the
+/// cluster's network.
+pub fn network_spec(mode: NetworkMode, task_arn: &str) -> NetworkSpec {
     match mode {
-        NetworkMode::Bridge | NetworkMode::Awsvpc => NetworkSpec::Bridge,
+        NetworkMode::Bridge => NetworkSpec::Bridge,
+        NetworkMode::Awsvpc => NetworkSpec::Container(sandbox_name(task_arn)),
         NetworkMode::Host => NetworkSpec::Host,
         NetworkMode::None => NetworkSpec::None,
     }
+}
+
+/// The runtime name of an awsvpc task's sandbox (the container that owns its network
+/// namespace): `flotilla-<task id>.sandbox`. ECS container names cannot hold a `.`, so it
+/// never collides with a container of the task.
+pub fn sandbox_name(task_arn: &str) -> String {
+    format!("flotilla-{}.sandbox", sanitize(task_id(task_arn)))
+}
+
+/// The path of a container's metadata under the agent's metadata endpoint.
+pub fn metadata_path(task_arn: &str, container: &str) -> String {
+    format!("/v4/{}/{}", task_id(task_arn), container)
 }
 
 /// Every volume the task's containers mount, by task definition volume name. A mount of
@@ -400,8 +434,12 @@ pub fn container_spec(
 ) -> ContainerSpec {
     let name = container.name();
     let overrides = task.overrides.container(name);
-    let network = network_spec(definition.spec.network_mode);
+    let network = network_spec(definition.spec.network_mode, &task.task_arn);
     let bridge = network == NetworkSpec::Bridge;
+    // Docker refuses a hostname, DNS settings or extra hosts with the host's network or
+    // another container's.
+    let own_network = matches!(network, NetworkSpec::Bridge | NetworkSpec::None);
+    let fargate = task.launch.launch_type == flotilla_model::LaunchType::Fargate;
 
     let mut environment: Vec<(String, String)> = Vec::new();
     let entries = container
@@ -421,6 +459,18 @@ pub fn container_spec(
     let gpu_ids = container_gpu_ids(task, definition, container);
     if !gpu_ids.is_empty() {
         environment.push(("NVIDIA_VISIBLE_DEVICES".to_owned(), gpu_ids.join(",")));
+    }
+    if let Some(endpoint) = context.metadata_endpoint {
+        let uri = format!(
+            "{}{}",
+            endpoint.trim_end_matches('/'),
+            metadata_path(&task.task_arn, name)
+        );
+        environment.push(("ECS_CONTAINER_METADATA_URI_V4".to_owned(), uri.clone()));
+        environment.push(("ECS_CONTAINER_METADATA_URI".to_owned(), uri));
+    }
+    if fargate {
+        environment.push(("AWS_EXECUTION_ENV".to_owned(), "AWS_ECS_FARGATE".to_owned()));
     }
 
     let mut ports = Vec::new();
@@ -453,9 +503,19 @@ pub fn container_spec(
         .and_then(|o| o.memory_reservation)
         .or(container.memory_reservation);
     let linux = container.linux_parameters.clone().unwrap_or_default();
-    let memory_bytes = memory_mib.map(|m| i64::from(m) * MIB);
+    // Fargate holds every container to the task's size: its memory is a hard limit (unless
+    // the container's own is lower) and its CPU units a hard quota.
+    let task_size = |value: &Option<String>| value.as_deref().and_then(|v| v.parse::<i64>().ok());
+    let task_memory_mib = task_size(&task.launch.memory).filter(|_| fargate);
+    let task_cpu_units = task_size(&task.launch.cpu).filter(|_| fargate);
+    let memory_bytes = match (memory_mib.map(i64::from), task_memory_mib) {
+        (Some(own), Some(task)) => Some(own.min(task) * MIB),
+        (own, task) => own.or(task).map(|m| m * MIB),
+    };
     let memory_swap_bytes = match (memory_bytes, linux.max_swap) {
         (Some(memory), Some(swap)) => Some(memory + i64::from(swap.max(0)) * MIB),
+        // Fargate has no swap: the memory limit is the whole of it.
+        (Some(memory), None) if fargate => Some(memory),
         _ => None,
     };
     let memory_swappiness = linux
@@ -618,11 +678,7 @@ pub fn container_spec(
             .collect(),
         working_directory: container.working_directory.clone(),
         user: container.user.clone(),
-        // Docker refuses a hostname, DNS settings or extra hosts with the host's network.
-        hostname: container
-            .hostname
-            .clone()
-            .filter(|_| network != NetworkSpec::Host),
+        hostname: container.hostname.clone().filter(|_| own_network),
         labels,
         network,
         network_disabled: container.disable_networking.unwrap_or(false),
@@ -644,7 +700,7 @@ pub fn container_spec(
         mounts,
         volumes_from,
         links,
-        extra_hosts: if network == NetworkSpec::Host {
+        extra_hosts: if !own_network {
             Vec::new()
         } else {
             container
@@ -661,17 +717,23 @@ pub fn container_spec(
         init: linux.init_process_enabled.unwrap_or(false),
         shm_size_bytes: linux.shared_memory_size.map(|m| i64::from(m) * MIB),
         tmpfs,
-        dns_servers: if network == NetworkSpec::Host {
+        dns_servers: if !own_network {
             Vec::new()
         } else {
             container.dns_servers.clone()
         },
-        dns_search_domains: if network == NetworkSpec::Host {
+        dns_search_domains: if !own_network {
             Vec::new()
         } else {
             container.dns_search_domains.clone()
         },
-        security_options: container.docker_security_options.clone(),
+        security_options: {
+            let mut options = container.docker_security_options.clone();
+            if fargate {
+                options.push("no-new-privileges:true".to_owned());
+            }
+            options
+        },
         sysctls: container
             .system_controls
             .iter()
@@ -689,6 +751,12 @@ pub fn container_spec(
             .ipc_mode
             .clone()
             .filter(|m| m == "host" || m == "none"),
+        nano_cpus: task_cpu_units.map(|units| units * NANO_CPUS_PER_UNIT),
+        pids_limit: fargate.then_some(FARGATE_PIDS_MAX),
+        oci_runtime: context
+            .fargate_runtime
+            .filter(|_| fargate)
+            .map(str::to_owned),
     }
 }
 
@@ -734,6 +802,7 @@ pub(crate) mod tests {
             stopped_reason: None,
             version: 1,
             created_at: Timestamp::from_millis(0),
+            launch: Default::default(),
         }
     }
 
@@ -759,6 +828,7 @@ pub(crate) mod tests {
             instance_id: None,
             cluster: "default",
             stop_timeout_default: STOP_TIMEOUT_DEFAULT,
+            ..Default::default()
         };
         let container = &definition.spec.container_definitions[0];
         serde_json::to_value(container_spec(task, definition, container, &context)).unwrap()
@@ -1000,6 +1070,7 @@ pub(crate) mod tests {
             instance_id: None,
             cluster: "default",
             stop_timeout_default: STOP_TIMEOUT_DEFAULT,
+            ..Default::default()
         };
         let b = container_spec(
             &task,
@@ -1058,5 +1129,81 @@ pub(crate) mod tests {
             "flotilla-abc-web-app"
         );
         assert_eq!(task_id("abc"), "abc");
+    }
+
+    #[test]
+    fn fargate_tasks_join_their_sandbox_and_are_held_to_their_size() {
+        let definition = definition(json!({
+            "networkMode": "awsvpc",
+            "cpu": "512",
+            "memory": "1024",
+            "containerDefinitions": [
+                {"name": "app", "image": "busybox", "portMappings": [{"containerPort": 80}]},
+                {"name": "side", "image": "busybox", "memory": 128},
+            ],
+        }));
+        let mut task = task();
+        task.launch = flotilla_protocol::TaskLaunch {
+            launch_type: flotilla_model::LaunchType::Fargate,
+            cpu: Some("512".into()),
+            memory: Some("1024".into()),
+            ..Default::default()
+        };
+        let context = SpecContext {
+            cluster: "default",
+            stop_timeout_default: STOP_TIMEOUT_DEFAULT,
+            metadata_endpoint: Some("http://172.18.0.1:40000"),
+            fargate_runtime: Some("runsc"),
+            ..Default::default()
+        };
+        let specs: Vec<ContainerSpec> = definition
+            .spec
+            .container_definitions
+            .iter()
+            .map(|c| container_spec(&task, &definition, c, &context))
+            .collect();
+        let sandbox = NetworkSpec::Container(sandbox_name(TASK_ARN));
+        for spec in &specs {
+            assert_eq!(spec.network, sandbox);
+            assert!(spec.ports.is_empty(), "awsvpc publishes no host ports");
+            assert_eq!(spec.nano_cpus, Some(512 * (1_000_000_000 / 1024)));
+            assert_eq!(spec.pids_limit, Some(FARGATE_PIDS_MAX));
+            assert_eq!(spec.oci_runtime.as_deref(), Some("runsc"));
+            assert!(
+                spec.security_options
+                    .contains(&"no-new-privileges:true".to_owned())
+            );
+            assert_eq!(spec.memory_swap_bytes, spec.memory_bytes, "no swap");
+        }
+        assert_eq!(specs[0].memory_bytes, Some(1024 * MIB), "the task's memory");
+        assert_eq!(
+            specs[1].memory_bytes,
+            Some(128 * MIB),
+            "its own, lower limit"
+        );
+        assert!(specs[0].environment.contains(&format!(
+            "ECS_CONTAINER_METADATA_URI_V4=http://172.18.0.1:40000/v4/{}/app",
+            task_id(TASK_ARN)
+        )));
+        assert!(
+            specs[0]
+                .environment
+                .contains(&"AWS_EXECUTION_ENV=AWS_ECS_FARGATE".to_owned())
+        );
+
+        // The same definition on EC2: no Fargate limits, no runtime override.
+        let ec2 = container_spec(
+            &task_on_ec2(),
+            &definition,
+            &definition.spec.container_definitions[0],
+            &context,
+        );
+        assert_eq!(ec2.nano_cpus, None);
+        assert_eq!(ec2.oci_runtime, None);
+        assert_eq!(ec2.network, sandbox, "awsvpc on EC2 too");
+    }
+
+    fn task_on_ec2() -> AssignedTask {
+        task()
     }
 }

@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use flotilla_model::task::{HealthStatus, NetworkBinding, TaskStatus, TaskStopCode};
+use flotilla_model::task::{HealthStatus, NetworkBinding, TaskNetwork, TaskStatus, TaskStopCode};
 use flotilla_model::task_definition::{ContainerCondition, NetworkMode};
 use flotilla_model::{ContainerDefinition, DesiredStatus, TaskDefinition, Timestamp};
 use flotilla_protocol::{AssignedTask, ContainerStateChange, TaskStateChange};
@@ -36,6 +36,8 @@ pub const REASON_OUT_OF_MEMORY: &str = "OutOfMemoryError: Container killed due t
 pub const REASON_CONTAINER_LOST: &str = "ContainerLost: the container no longer exists on the host";
 /// ECS's default `restartAttemptPeriod`: a container must run this long to be restarted.
 pub const RESTART_ATTEMPT_PERIOD_DEFAULT_S: i64 = 300;
+/// A Fargate Spot task's warning between SIGTERM and SIGKILL when its capacity is reclaimed.
+pub const SPOT_INTERRUPTION_WARNING: Duration = Duration::from_secs(120);
 
 /// Agent settings that shape decisions.
 #[derive(Clone, Debug)]
@@ -123,6 +125,12 @@ pub struct TaskRecord {
     pub reported: Option<TaskStateChange>,
     /// The task's volumes are removed.
     pub volumes_removed: bool,
+    /// The task's own network (awsvpc), once its sandbox is up.
+    pub network: Option<TaskNetwork>,
+    /// Why the task's network could not be set up.
+    pub network_failure: Option<String>,
+    /// The task's sandbox is removed (its interface detached).
+    pub network_removed: bool,
 
     // Written by `decide`.
     pub pull_started_at: Option<Timestamp>,
@@ -174,6 +182,10 @@ pub enum Action {
     },
     /// Remove the task's engine volumes (after its containers).
     RemoveVolumes,
+    /// Give an awsvpc task its own network namespace and address (before its containers).
+    SetUpNetwork,
+    /// Remove an awsvpc task's network namespace (once it is STOPPED and reported).
+    TearDownNetwork,
 }
 
 /// The outcome of one [`decide`].
@@ -374,6 +386,9 @@ pub fn decide(input: &TaskInput<'_>, record: &mut TaskRecord, now: Timestamp) ->
         .map(|d| d.spec.container_definitions.iter().collect())
         .unwrap_or_default();
     let definition_of = |name: &str| definitions.iter().copied().find(|d| d.name() == name);
+    let awsvpc = input
+        .definition
+        .is_some_and(|d| d.spec.network_mode == NetworkMode::Awsvpc);
 
     // Remember what was seen: containers that existed, and their host ports.
     for (name, observed) in input.observed {
@@ -506,6 +521,13 @@ pub fn decide(input: &TaskInput<'_>, record: &mut TaskRecord, now: Timestamp) ->
                 TaskStopCode::TaskFailedToStart,
                 format!("ResourceInitializationError: {message}"),
             ))
+        } else if let Some(message) = &record.network_failure {
+            Some(StopCause::new(
+                TaskStopCode::TaskFailedToStart,
+                format!(
+                    "ResourceInitializationError: failed to set up the task's network: {message}"
+                ),
+            ))
         } else if let Some(reason) = failure {
             Some(StopCause::new(TaskStopCode::TaskFailedToStart, reason))
         } else if essential_gone {
@@ -563,11 +585,16 @@ pub fn decide(input: &TaskInput<'_>, record: &mut TaskRecord, now: Timestamp) ->
             }
             for name in names.iter().filter(|n| to_stop.contains(&n.as_str())) {
                 let observed = input.observed.get(name);
-                let timeout = stop_timeout(
-                    definition_of(name),
-                    observed,
-                    input.settings.stop_timeout_default,
-                );
+                let timeout = if task.stop_code == Some(TaskStopCode::SpotInterruption) {
+                    // Fargate Spot: the two-minute warning before SIGKILL.
+                    SPOT_INTERRUPTION_WARNING
+                } else {
+                    stop_timeout(
+                        definition_of(name),
+                        observed,
+                        input.settings.stop_timeout_default,
+                    )
+                };
                 plan.actions.push(Action::Stop {
                     container: name.clone(),
                     timeout,
@@ -582,6 +609,10 @@ pub fn decide(input: &TaskInput<'_>, record: &mut TaskRecord, now: Timestamp) ->
                     .min(now),
             );
             let reported_stopped = record.reported_status() == Some(TaskStatus::Stopped);
+            if awsvpc && !record.network_removed && (reported_stopped || !input.listed) {
+                // The interface goes when the task stops; stopped containers stay for logs.
+                plan.actions.push(Action::TearDownNetwork);
+            }
             if reported_stopped || !input.listed {
                 // The retention keeps containers for their logs; with none left, finish now.
                 let deadline = stopped_at.plus_millis(input.settings.retention.as_millis() as i64);
@@ -627,6 +658,8 @@ pub fn decide(input: &TaskInput<'_>, record: &mut TaskRecord, now: Timestamp) ->
             });
             if !waiting.is_empty() && needs_volumes && !record.volumes_ready {
                 plan.actions.push(Action::CreateVolumes);
+            } else if !waiting.is_empty() && awsvpc && record.network.is_none() {
+                plan.actions.push(Action::SetUpNetwork);
             } else {
                 for definition in &waiting {
                     let ready = create_dependencies(definition).iter().all(|d| {
@@ -794,6 +827,7 @@ fn state_change(
         pull_stopped_at: record.pull_stopped_at,
         started_at: record.started_at.filter(|_| status >= TaskStatus::Running),
         execution_stopped_at: record.stopped_at.filter(|_| status == TaskStatus::Stopped),
+        network: record.network.clone(),
         at: now,
     }
 }

@@ -171,6 +171,44 @@ fn run(case: &Case) -> (Plan, TaskRecord) {
 fn rules() {
     let cases = vec![
         Case {
+            name: "awsvpc: the task's network comes before its containers",
+            definition: json!({"networkMode": "awsvpc", "containerDefinitions": [{"name": "app", "image": "busybox"}]}),
+            record: pulled(&["app"]),
+            actions: vec![Action::SetUpNetwork],
+            status: Some(TaskStatus::Pending),
+            ..Default::default()
+        },
+        Case {
+            name: "awsvpc with its network up: create the containers",
+            definition: json!({"networkMode": "awsvpc", "containerDefinitions": [{"name": "app", "image": "busybox"}]}),
+            record: TaskRecord {
+                network: Some(TaskNetwork {
+                    private_ipv4_address: "172.18.0.2".into(),
+                    mac_address: "02:42:ac:12:00:02".into(),
+                    subnet_cidr: "172.18.0.0/16".into(),
+                    gateway_ipv4_address: "172.18.0.1".into(),
+                }),
+                ..pulled(&["app"])
+            },
+            actions: vec![create("app")],
+            status: Some(TaskStatus::Pending),
+            ..Default::default()
+        },
+        Case {
+            name: "awsvpc: a network that cannot be set up fails the task",
+            definition: json!({"networkMode": "awsvpc", "containerDefinitions": [{"name": "app", "image": "busybox"}]}),
+            record: TaskRecord {
+                network_failure: Some("no such network".into()),
+                ..pulled(&["app"])
+            },
+            status: Some(TaskStatus::Stopped),
+            stop_code: Some(TaskStopCode::TaskFailedToStart),
+            reason: Some(
+                "ResourceInitializationError: failed to set up the task's network: no such network",
+            ),
+            ..Default::default()
+        },
+        Case {
             name: "a new task pulls every image and reports PENDING",
             actions: vec![pull("db"), pull("app")],
             status: Some(TaskStatus::Pending),

@@ -22,10 +22,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::runtime::SandboxSpec;
 use crate::runtime::{
     BoxFuture, ListFilter, ObservedContainer, RegistryAuth, Runtime, RuntimeError,
 };
-use crate::spec::{SpecContext, VolumeSource, container_spec, runtime_name, task_volumes};
+use crate::spec::{
+    SpecContext, VolumeSource, container_spec, runtime_name, sandbox_name, task_labels,
+    task_volumes,
+};
 use crate::task_engine::{
     Action, EngineSettings, Failure, FailureKind, Plan, TaskInput, TaskRecord, decide,
 };
@@ -68,10 +72,18 @@ pub struct RunnerContext {
     /// The agent's host id that container labels carry (`labels::INSTANCE`), if any.
     pub instance_id: Option<String>,
     pub registry_auth: Vec<RegistryAuth>,
+    /// Tokens for the control plane's own registry (images named `SERVER_HOST/...`).
+    pub server_registry: Option<Arc<crate::registry_auth::ServerRegistryAuth>>,
     pub clock: Clock,
     pub pull_attempts_max: u32,
     pub pull_retry_delay: Duration,
     pub resync_interval: Duration,
+    /// The task metadata endpoint's base URL, given to containers (`None`: not served).
+    pub metadata_endpoint: Option<String>,
+    /// The OCI runtime Fargate tasks run under, if not the engine's default.
+    pub fargate_runtime: Option<String>,
+    /// What the metadata endpoint knows of each task.
+    pub directory: Arc<crate::metadata::Directory>,
     pulls: Semaphore,
 }
 
@@ -98,10 +110,14 @@ impl RunnerContext {
             cluster: cluster.to_owned(),
             instance_id: None,
             registry_auth: Vec::new(),
+            server_registry: None,
             clock: Arc::new(crate::system_now),
             pull_attempts_max: PULL_ATTEMPTS_MAX,
             pull_retry_delay: Duration::from_secs(2),
             resync_interval: RESYNC_INTERVAL,
+            metadata_endpoint: None,
+            fargate_runtime: None,
+            directory: Arc::default(),
             pulls: Semaphore::new(PULLS_CONCURRENT_MAX),
         }
     }
@@ -359,9 +375,19 @@ async fn run_task(
             }
         }
         if done {
+            // An awsvpc task's sandbox (also one an earlier agent left) goes with the task.
+            let sandbox = sandbox_name(&task_arn);
+            let _ = with_timeout(
+                RUNTIME_CALL_TIMEOUT,
+                "removing a sandbox",
+                context.runtime.remove(&sandbox),
+            )
+            .await;
+            context.directory.forget(&task_arn);
             tracing::info!(task = %task_arn, "task stopped and removed");
             return record;
         }
+        context.directory.remember(&update, record.network.clone());
 
         let mut delay = if accepted {
             Duration::ZERO
@@ -464,7 +490,14 @@ async fn pull(
     image: &str,
 ) -> Result<crate::runtime::ImageInfo, RuntimeError> {
     let _permit = context.pulls.acquire().await;
-    let auth = RegistryAuth::for_image(&context.registry_auth, image);
+    let fetched = match (
+        RegistryAuth::for_image(&context.registry_auth, image),
+        &context.server_registry,
+    ) {
+        (None, Some(server)) => server.auth_for(image).await,
+        _ => None,
+    };
+    let auth = RegistryAuth::for_image(&context.registry_auth, image).or(fetched.as_ref());
     let mut attempt = 1;
     loop {
         let result = with_timeout(
@@ -629,6 +662,8 @@ async fn execute(
                     cluster: &context.cluster,
                     stop_timeout_default: context.settings.stop_timeout_default,
                     instance_id: context.instance_id.as_deref(),
+                    metadata_endpoint: context.metadata_endpoint.as_deref(),
+                    fargate_runtime: context.fargate_runtime.as_deref(),
                 };
                 let spec = container_spec(task, definition, container_definition, &spec_context);
                 tracing::info!(task = %task.task_arn, %container, name = %spec.name, "creating container");
@@ -721,6 +756,52 @@ async fn execute(
                 {
                     Ok(()) | Err(RuntimeError::NotFound(_)) => {}
                     Err(error) => transient = Some(format!("remove {container}: {error}")),
+                }
+            }
+            Action::SetUpNetwork => {
+                let mut labels = task_labels(task, &context.cluster);
+                if let Some(instance_id) = &context.instance_id {
+                    labels.insert(
+                        crate::runtime::labels::INSTANCE.to_owned(),
+                        instance_id.clone(),
+                    );
+                }
+                let fargate = task.launch.launch_type == flotilla_model::LaunchType::Fargate;
+                let spec = SandboxSpec {
+                    name: sandbox_name(&task.task_arn),
+                    cluster: context.cluster.clone(),
+                    labels,
+                    oci_runtime: context.fargate_runtime.clone().filter(|_| fargate),
+                };
+                tracing::info!(task = %task.task_arn, sandbox = %spec.name, "setting up the task's network");
+                match with_timeout(
+                    RUNTIME_CALL_TIMEOUT,
+                    "setting up a task network",
+                    runtime.ensure_sandbox(&spec),
+                )
+                .await
+                {
+                    Ok(network) => {
+                        tracing::info!(task = %task.task_arn, address = %network.private_ipv4_address, "task network up");
+                        record.network = Some(network);
+                    }
+                    Err(error) if error.is_transient() => {
+                        transient = Some(format!("set up network: {error}"))
+                    }
+                    Err(error) => record.network_failure = Some(error.to_string()),
+                }
+            }
+            Action::TearDownNetwork => {
+                let name = sandbox_name(&task.task_arn);
+                match with_timeout(
+                    RUNTIME_CALL_TIMEOUT,
+                    "removing a sandbox",
+                    runtime.remove(&name),
+                )
+                .await
+                {
+                    Ok(()) | Err(RuntimeError::NotFound(_)) => record.network_removed = true,
+                    Err(error) => transient = Some(format!("remove sandbox {name}: {error}")),
                 }
             }
             Action::RemoveVolumes => {

@@ -118,6 +118,7 @@ impl Plane {
             stopped_reason: None,
             version: 1,
             created_at: Timestamp::from_millis(0),
+            launch: Default::default(),
         };
         self.change(|s| {
             s.definitions
@@ -431,6 +432,7 @@ async fn a_restarted_agent_keeps_its_identity_and_adopts_its_containers() {
         stopped_reason: None,
         version: 1,
         created_at: Timestamp::from_millis(0),
+        launch: Default::default(),
     };
     orphan_task.containers.clear();
     // The orphan was left by this host's agent before: it carries this host's id.
@@ -452,6 +454,7 @@ async fn a_restarted_agent_keeps_its_identity_and_adopts_its_containers() {
             instance_id: Some("i-0a1b2c3d4e5f60718"),
             cluster: "default",
             stop_timeout_default: Duration::from_secs(30),
+            ..Default::default()
         },
     );
     runtime.ensure_image("busybox", None).await.unwrap();
@@ -652,12 +655,14 @@ async fn logs_are_served_over_http() {
         stopped_reason: None,
         version: 1,
         created_at: Timestamp::from_millis(0),
+        launch: Default::default(),
     };
     runtime.ensure_image("busybox", None).await.unwrap();
     let context = SpecContext {
         instance_id: None,
         cluster: "default",
         stop_timeout_default: Duration::from_secs(30),
+        ..Default::default()
     };
     for container in &definition.spec.container_definitions {
         runtime
@@ -749,6 +754,7 @@ async fn a_restart_policy_restarts_the_same_container_in_place() {
         stopped_reason: None,
         version: 1,
         created_at: Timestamp::from_millis(0),
+        launch: Default::default(),
     };
     let handle = spawn_task(
         context,

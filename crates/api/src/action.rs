@@ -44,6 +44,9 @@ actions! {
     UpdateClusterSettings(UpdateClusterSettingsRequest),
     PutClusterCapacityProviders(PutClusterCapacityProvidersRequest),
     DescribeCapacityProviders(DescribeCapacityProvidersRequest),
+    CreateCapacityProvider(CreateCapacityProviderRequest),
+    UpdateCapacityProvider(UpdateCapacityProviderRequest),
+    DeleteCapacityProvider(DeleteCapacityProviderRequest),
     RegisterTaskDefinition(RegisterTaskDefinitionRequest),
     DescribeTaskDefinition(DescribeTaskDefinitionRequest),
     ListTaskDefinitions(ListTaskDefinitionsRequest),
@@ -70,20 +73,17 @@ actions! {
     PutAccountSetting(PutAccountSettingRequest),
     PutAccountSettingDefault(PutAccountSettingRequest),
     DeleteAccountSetting(DeleteAccountSettingRequest),
+    CreateService(CreateServiceRequest),
+    UpdateService(UpdateServiceRequest),
+    DeleteService(DeleteServiceRequest),
+    DescribeServices(DescribeServicesRequest),
+    ListServices(ListServicesRequest),
 }
 
 /// ECS actions that exist in botocore's model but that this build does not serve yet.
 /// They get UnsupportedFeatureException with their name rather than "unknown operation".
 const NOT_YET_SERVED: &[&str] = &[
-    "CreateService",
-    "UpdateService",
-    "DeleteService",
-    "DescribeServices",
-    "ListServices",
     "ListServicesByNamespace",
-    "CreateCapacityProvider",
-    "UpdateCapacityProvider",
-    "DeleteCapacityProvider",
     "CreateTaskSet",
     "DescribeTaskSets",
     "UpdateTaskSet",
@@ -172,7 +172,7 @@ mod tests {
     fn parses_known_actions_and_refuses_others() {
         assert_eq!(parse("ListClusters", b"").unwrap().name(), "ListClusters");
         assert_eq!(
-            parse("CreateService", b"{}").unwrap_err().code,
+            parse("CreateTaskSet", b"{}").unwrap_err().code,
             "UnsupportedFeatureException"
         );
         assert_eq!(

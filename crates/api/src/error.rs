@@ -69,6 +69,7 @@ impl From<EcsError> for ApiError {
         let (code, status) = match &error {
             EcsError::ClusterNotFound => ("ClusterNotFoundException", 400),
             EcsError::ServiceNotFound => ("ServiceNotFoundException", 400),
+            EcsError::ServiceNotActive => ("ServiceNotActiveException", 400),
             EcsError::InvalidParameter(_) => ("InvalidParameterException", 400),
             EcsError::Client(_) => ("ClientException", 400),
             EcsError::ClusterContainsContainerInstances => {

@@ -2,6 +2,7 @@
 //! the rendering of domain records into ECS's response shapes. No other crate knows them.
 
 pub mod action;
+pub mod ecr;
 pub mod error;
 pub mod requests;
 pub mod responses;

@@ -7,7 +7,7 @@
 //! refused by the engine with a message naming them.
 
 use flotilla_model::cluster::{CapacityProviderStrategyItem, ClusterSetting};
-use flotilla_model::task::TaskOverride;
+use flotilla_model::task::{NetworkConfiguration, TaskOverride};
 use flotilla_model::task_definition::{PlacementConstraint, PlacementStrategy, Unsupported};
 use flotilla_model::{Attribute, EcsError, Tag, TaskDefinitionInput, VersionInfo};
 use serde::Deserialize;
@@ -226,7 +226,7 @@ pub struct RunTaskRequest {
     pub enable_execute_command: Option<bool>,
     pub reference_id: Option<String>,
     pub client_token: Option<String>,
-    pub network_configuration: Unsupported,
+    pub network_configuration: Option<NetworkConfiguration>,
     pub volume_configurations: Unsupported,
 }
 
@@ -245,7 +245,7 @@ pub struct StartTaskRequest {
     pub enable_ecs_managed_tags: Option<bool>,
     pub enable_execute_command: Option<bool>,
     pub reference_id: Option<String>,
-    pub network_configuration: Unsupported,
+    pub network_configuration: Option<NetworkConfiguration>,
     pub volume_configurations: Unsupported,
 }
 
@@ -342,4 +342,150 @@ pub struct ListAccountSettingsRequest {
 pub struct DeleteAccountSettingRequest {
     pub name: Option<String>,
     pub principal_arn: Option<String>,
+}
+
+/// ECS's `DeploymentCircuitBreaker` as given (both members are required by ECS).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DeploymentCircuitBreakerInput {
+    pub enable: Option<bool>,
+    pub rollback: Option<bool>,
+}
+
+/// ECS's `DeploymentConfiguration` as given: the rolling controller's members, plus the
+/// ones Flotilla recognises but does not implement (refused by name when set).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DeploymentConfigurationInput {
+    pub deployment_circuit_breaker: Option<DeploymentCircuitBreakerInput>,
+    pub maximum_percent: Option<i64>,
+    pub minimum_healthy_percent: Option<i64>,
+    /// `ROLLING` (the only one served) or `BLUE_GREEN`, `LINEAR`, `CANARY`.
+    pub strategy: Option<String>,
+    pub alarms: Unsupported,
+    pub bake_time_in_minutes: Unsupported,
+    pub lifecycle_hooks: Unsupported,
+    pub linear_configuration: Unsupported,
+    pub canary_configuration: Unsupported,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DeploymentControllerInput {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CreateServiceRequest {
+    pub cluster: Option<String>,
+    pub service_name: Option<String>,
+    pub task_definition: Option<String>,
+    pub desired_count: Option<i64>,
+    pub client_token: Option<String>,
+    pub launch_type: Option<String>,
+    pub capacity_provider_strategy: Vec<CapacityProviderStrategyItem>,
+    pub platform_version: Option<String>,
+    pub role: Option<String>,
+    pub deployment_configuration: Option<DeploymentConfigurationInput>,
+    pub placement_constraints: Vec<PlacementConstraint>,
+    pub placement_strategy: Vec<PlacementStrategy>,
+    pub health_check_grace_period_seconds: Option<i64>,
+    pub scheduling_strategy: Option<String>,
+    pub deployment_controller: Option<DeploymentControllerInput>,
+    pub tags: Vec<Tag>,
+    #[serde(rename = "enableECSManagedTags")]
+    pub enable_ecs_managed_tags: Option<bool>,
+    pub propagate_tags: Option<String>,
+    pub enable_execute_command: Option<bool>,
+    pub availability_zone_rebalancing: Option<String>,
+    pub load_balancers: Unsupported,
+    pub service_registries: Unsupported,
+    pub network_configuration: Unsupported,
+    pub service_connect_configuration: Unsupported,
+    pub volume_configurations: Unsupported,
+    pub vpc_lattice_configurations: Unsupported,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct UpdateServiceRequest {
+    pub cluster: Option<String>,
+    pub service: Option<String>,
+    pub desired_count: Option<i64>,
+    pub task_definition: Option<String>,
+    pub capacity_provider_strategy: Vec<CapacityProviderStrategyItem>,
+    pub deployment_configuration: Option<DeploymentConfigurationInput>,
+    /// `None` keeps the service's constraints; `Some(vec![])` clears them (ECS semantics).
+    pub placement_constraints: Option<Vec<PlacementConstraint>>,
+    pub placement_strategy: Option<Vec<PlacementStrategy>>,
+    pub platform_version: Option<String>,
+    pub force_new_deployment: Option<bool>,
+    pub health_check_grace_period_seconds: Option<i64>,
+    pub deployment_controller: Option<DeploymentControllerInput>,
+    pub enable_execute_command: Option<bool>,
+    #[serde(rename = "enableECSManagedTags")]
+    pub enable_ecs_managed_tags: Option<bool>,
+    pub propagate_tags: Option<String>,
+    pub availability_zone_rebalancing: Option<String>,
+    pub load_balancers: Unsupported,
+    pub service_registries: Unsupported,
+    pub network_configuration: Unsupported,
+    pub service_connect_configuration: Unsupported,
+    pub volume_configurations: Unsupported,
+    pub vpc_lattice_configurations: Unsupported,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DeleteServiceRequest {
+    pub cluster: Option<String>,
+    pub service: Option<String>,
+    pub force: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DescribeServicesRequest {
+    pub cluster: Option<String>,
+    pub services: Vec<String>,
+    pub include: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ListServicesRequest {
+    pub cluster: Option<String>,
+    pub next_token: Option<String>,
+    pub max_results: Option<i64>,
+    pub launch_type: Option<String>,
+    pub scheduling_strategy: Option<String>,
+    pub resource_management_type: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CreateCapacityProviderRequest {
+    pub name: Option<String>,
+    pub cluster: Option<String>,
+    pub auto_scaling_group_provider: Option<serde_json::Value>,
+    pub managed_instances_provider: Unsupported,
+    pub tags: Vec<Tag>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct UpdateCapacityProviderRequest {
+    pub name: Option<String>,
+    pub cluster: Option<String>,
+    pub auto_scaling_group_provider: Option<serde_json::Value>,
+    pub managed_instances_provider: Unsupported,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DeleteCapacityProviderRequest {
+    pub capacity_provider: Option<String>,
+    pub cluster: Option<String>,
 }

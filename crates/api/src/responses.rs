@@ -339,14 +339,22 @@ pub struct TaskView {
 
 pub fn task(task: &Task, include_tags: bool) -> TaskView {
     TaskView {
-        attachments: Vec::new(),
+        attachments: task
+            .attachments
+            .iter()
+            .map(|a| serde_json::to_value(a).unwrap_or_default())
+            .collect(),
         attributes: task.attributes.clone(),
         availability_zone: task.availability_zone.clone(),
         capacity_provider_name: task.capacity_provider_name.clone(),
         cluster_arn: task.cluster_arn.clone(),
         connectivity: task.connectivity.clone(),
         connectivity_at: task.connectivity_at,
-        container_instance_arn: task.container_instance_arn.clone(),
+        // A Fargate task runs on capacity Flotilla manages; ECS shows no instance for it.
+        container_instance_arn: task
+            .container_instance_arn
+            .clone()
+            .filter(|_| task.launch_type != flotilla_model::LaunchType::Fargate),
         containers: task
             .containers
             .iter()
@@ -361,7 +369,16 @@ pub fn task(task: &Task, include_tags: bool) -> TaskView {
                 exit_code: c.exit_code,
                 reason: c.reason.clone(),
                 network_bindings: c.network_bindings.clone(),
-                network_interfaces: Vec::new(),
+                network_interfaces: task
+                    .attachments
+                    .iter()
+                    .filter_map(|a| {
+                        Some(serde_json::json!({
+                            "attachmentId": a.id,
+                            "privateIpv4Address": a.detail("privateIPv4Address")?,
+                        }))
+                    })
+                    .collect(),
                 health_status: c.health_status.map(|h| h.as_str()),
                 cpu: c.cpu.to_string(),
                 memory: c.memory.map(|m| m.to_string()),
@@ -456,6 +473,7 @@ pub enum ListItems<T: Serialize> {
     TaskArns(Vec<T>),
     Attributes(Vec<T>),
     Settings(Vec<T>),
+    ServiceArns(Vec<T>),
 }
 
 /// A task definition as ECS shows it: its tags travel beside it, not inside it.
@@ -542,6 +560,40 @@ pub struct CapacityProviderView {
     pub tags: Vec<Tag>,
     #[serde(rename = "type")]
     pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_scaling_group_provider: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub update_status: Option<String>,
+}
+
+/// A user-created capacity provider, as ECS shows it.
+pub fn capacity_provider(
+    provider: &flotilla_model::capacity::CapacityProvider,
+    include_tags: bool,
+) -> CapacityProviderView {
+    CapacityProviderView {
+        capacity_provider_arn: provider.arn.clone(),
+        name: provider.name.clone(),
+        status: if provider.status == "ACTIVE" {
+            "ACTIVE"
+        } else {
+            "INACTIVE"
+        },
+        tags: if include_tags {
+            provider.tags.clone()
+        } else {
+            Vec::new()
+        },
+        kind: "EC2_AUTOSCALING",
+        auto_scaling_group_provider: Some(provider.auto_scaling_group_provider.clone()),
+        update_status: provider.update_status.clone(),
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CapacityProviderResponse {
+    pub capacity_provider: CapacityProviderView,
 }
 
 #[derive(Debug, Serialize)]
@@ -560,4 +612,108 @@ pub struct Empty {}
 /// Serialises a response body.
 pub fn encode<T: Serialize>(response: &T) -> Vec<u8> {
     serde_json::to_vec(response).unwrap_or_else(|_| b"{}".to_vec())
+}
+
+// ---- Services -----------------------------------------------------------------------
+
+/// ECS's `DeploymentCircuitBreaker`.
+#[derive(Clone, Copy, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CircuitBreakerView {
+    pub enable: bool,
+    pub rollback: bool,
+}
+
+/// ECS's `DeploymentConfiguration` as DescribeServices shows it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentConfigurationView {
+    pub deployment_circuit_breaker: CircuitBreakerView,
+    pub maximum_percent: u32,
+    pub minimum_healthy_percent: u32,
+    pub strategy: &'static str,
+}
+
+/// ECS's `Deployment`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentView {
+    pub id: String,
+    pub status: &'static str,
+    pub task_definition: String,
+    pub desired_count: u32,
+    pub pending_count: u32,
+    pub running_count: u32,
+    pub failed_tasks: u32,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub launch_type: &'static str,
+    pub rollout_state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout_state_reason: Option<String>,
+}
+
+/// ECS's `ServiceEvent`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceEventView {
+    pub id: String,
+    pub created_at: Timestamp,
+    pub message: String,
+}
+
+/// ECS's `DeploymentController`: Flotilla runs the rolling (`ECS`) controller only.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeploymentControllerView {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+}
+
+/// ECS's `Service`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceView {
+    pub service_arn: String,
+    pub service_name: String,
+    pub cluster_arn: String,
+    pub load_balancers: Vec<serde_json::Value>,
+    pub service_registries: Vec<serde_json::Value>,
+    pub status: &'static str,
+    pub desired_count: u32,
+    pub running_count: u32,
+    pub pending_count: u32,
+    pub launch_type: &'static str,
+    pub task_definition: String,
+    pub deployment_configuration: DeploymentConfigurationView,
+    pub deployments: Vec<DeploymentView>,
+    pub events: Vec<ServiceEventView>,
+    pub created_at: Timestamp,
+    pub placement_constraints: Vec<flotilla_model::task_definition::PlacementConstraint>,
+    pub placement_strategy: Vec<flotilla_model::task_definition::PlacementStrategy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check_grace_period_seconds: Option<u32>,
+    pub scheduling_strategy: &'static str,
+    pub deployment_controller: DeploymentControllerView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<Tag>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    #[serde(rename = "enableECSManagedTags")]
+    pub enable_ecs_managed_tags: bool,
+    pub propagate_tags: String,
+    pub enable_execute_command: bool,
+    pub availability_zone_rebalancing: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceResponse {
+    pub service: ServiceView,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DescribeServicesResponse {
+    pub services: Vec<ServiceView>,
+    pub failures: Vec<Failure>,
 }

@@ -14,6 +14,15 @@ use serde_json::{Value, json};
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
+    /// Push and pull throughput of a several-layer image: Flotilla's registry vs the CNCF
+    /// registry (Debian's docker-registry) vs the disk's write rate.
+    Registry {
+        #[arg(long, default_value_t = 4)]
+        layers: usize,
+        /// MiB per layer.
+        #[arg(long, default_value_t = 256)]
+        layer_mib: usize,
+    },
     /// RunTask, DescribeTasks and ListTasks throughput and latency.
     Api {
         /// Calls per action.
@@ -36,6 +45,22 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
     },
+    /// A service on the local Docker Engine: time from a container's death to its
+    /// replacement RUNNING, and the duration of a rolling update.
+    Service {
+        /// Tasks in the service (and in the rolling update).
+        #[arg(long, default_value_t = 20)]
+        tasks: u32,
+        /// Containers killed one after another, each waited for until replaced.
+        #[arg(long, default_value_t = 10)]
+        kills: usize,
+    },
+    /// RunTask to RUNNING of a FARGATE (awsvpc) task against the same task on EC2.
+    Fargate {
+        /// Launches of each kind.
+        #[arg(long, default_value_t = 20)]
+        iterations: usize,
+    },
     /// RunTask to RUNNING for a local image, against `docker run -d`, in the same run.
     Launch {
         /// Launches of each kind.
@@ -46,12 +71,17 @@ pub enum BenchCommand {
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
+        BenchCommand::Registry { layers, layer_mib } => {
+            crate::registry_bench::bench_registry(layers, layer_mib).await
+        }
         BenchCommand::Api {
             requests,
             concurrency,
             hosts,
         } => bench_api(requests, concurrency, hosts).await,
         BenchCommand::Launch { iterations } => bench_launch(iterations).await,
+        BenchCommand::Fargate { iterations } => fargate::bench_fargate(iterations).await,
+        BenchCommand::Service { tasks, kills } => bench_service(tasks, kills).await,
         BenchCommand::Scheduler {
             hosts,
             tasks,
@@ -59,6 +89,9 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         } => bench_scheduler(hosts, tasks, concurrency).await,
     }
 }
+
+#[path = "bench_fargate.rs"]
+mod fargate;
 
 const TARGET: &str = "AmazonEC2ContainerServiceV20141113";
 
@@ -412,6 +445,227 @@ async fn bench_launch(iterations: usize) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_dir_all(&data_dir);
     Ok(())
+}
+
+/// The service's RUNNING tasks (desired RUNNING, last status RUNNING) with their task
+/// definitions.
+async fn running_service_tasks(
+    client: &ServerClient,
+    cluster: &str,
+    service: &str,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let listed = call(
+        client,
+        "ListTasks",
+        json!({"cluster": cluster, "serviceName": service, "maxResults": 100}),
+    )
+    .await?;
+    let arns: Vec<Value> = listed["taskArns"].as_array().cloned().unwrap_or_default();
+    let mut running = Vec::new();
+    for chunk in arns.chunks(100) {
+        let described = call(
+            client,
+            "DescribeTasks",
+            json!({"cluster": cluster, "tasks": chunk}),
+        )
+        .await?;
+        for task in described["tasks"].as_array().into_iter().flatten() {
+            if task["lastStatus"] == "RUNNING" {
+                running.push((
+                    task["taskArn"].as_str().unwrap_or_default().to_owned(),
+                    task["taskDefinitionArn"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                ));
+            }
+        }
+    }
+    Ok(running)
+}
+
+/// Waits until the service has one deployment and `desired` RUNNING tasks of `revision`.
+async fn wait_service_stable(
+    client: &ServerClient,
+    cluster: &str,
+    service: &str,
+    desired: usize,
+    revision: &str,
+) -> anyhow::Result<()> {
+    for _ in 0..12_000 {
+        let described = call(
+            client,
+            "DescribeServices",
+            json!({"cluster": cluster, "services": [service]}),
+        )
+        .await?;
+        let one = described["services"][0]["deployments"]
+            .as_array()
+            .is_some_and(|d| d.len() == 1);
+        if one {
+            let running = running_service_tasks(client, cluster, service).await?;
+            if running.len() == desired && running.iter().all(|(_, td)| td.ends_with(revision)) {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    anyhow::bail!("the service never became stable")
+}
+
+async fn bench_service(tasks: u32, kills: usize) -> anyhow::Result<()> {
+    let image = flotilla_docker::testing::ensure_test_image().map_err(|e| anyhow::anyhow!(e))?;
+    let (server, data_dir) = start_server(|_| {}).await?;
+    let endpoint = server.endpoint();
+    let client = ServerClient::new(&endpoint, test_identity());
+    let cluster = format!("bench-service-{}", std::process::id());
+    call(&client, "CreateCluster", json!({"clusterName": cluster})).await?;
+    let runtime: Arc<dyn flotilla_agent::Runtime> =
+        Arc::new(flotilla_docker::DockerRuntime::connect().await?);
+    let agent_stop = tokio_util::sync::CancellationToken::new();
+    let mut agent_config = flotilla_agent::AgentConfig::new(
+        &endpoint,
+        &cluster,
+        test_identity(),
+        data_dir.join("agent"),
+    );
+    agent_config.stopped_container_retention = Duration::ZERO;
+    let agent = tokio::spawn(flotilla_agent::run(
+        agent_config,
+        runtime,
+        agent_stop.clone(),
+    ));
+    for revision in ["1", "2"] {
+        call(
+            &client,
+            "RegisterTaskDefinition",
+            json!({"family": "svc", "containerDefinitions": [{"name": "main", "image": image, "memory": 8, "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"], "stopTimeout": 2, "environment": [{"name": "REVISION", "value": revision}]}]}),
+        )
+        .await?;
+    }
+    for _ in 0..400 {
+        let listed = call(
+            &client,
+            "ListContainerInstances",
+            json!({"cluster": cluster}),
+        )
+        .await?;
+        if listed["containerInstanceArns"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let result = async {
+        println!("flotilla bench service: {tasks} tasks of `{image}` (sleep), one agent");
+        let started = Instant::now();
+        call(
+            &client,
+            "CreateService",
+            json!({"cluster": cluster, "serviceName": "bench", "taskDefinition": "svc:1", "desiredCount": tasks}),
+        )
+        .await?;
+        wait_service_stable(&client, &cluster, "bench", tasks as usize, ":1").await?;
+        println!(
+            "create -> stable ({tasks} tasks)        {:>8.0} ms",
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+        let mut replacements = Vec::with_capacity(kills);
+        for _ in 0..kills {
+            let before = running_service_tasks(&client, &cluster, "bench").await?;
+            let (victim, _) = before.first().cloned().ok_or_else(|| anyhow::anyhow!("no task"))?;
+            let ids = tokio::process::Command::new("docker")
+                .args(["ps", "-q", "--filter", &format!("label=com.flotilla.task-arn={victim}")])
+                .output()
+                .await?;
+            let ids: Vec<String> = String::from_utf8_lossy(&ids.stdout)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+            anyhow::ensure!(!ids.is_empty(), "no container for {victim}");
+            let killed_at = Instant::now();
+            tokio::process::Command::new("docker")
+                .arg("kill")
+                .args(&ids)
+                .output()
+                .await?;
+            loop {
+                let now = running_service_tasks(&client, &cluster, "bench").await?;
+                let fresh = now
+                    .iter()
+                    .any(|(arn, _)| !before.iter().any(|(b, _)| b == arn));
+                if fresh && now.len() == tasks as usize {
+                    break;
+                }
+                anyhow::ensure!(
+                    killed_at.elapsed() < Duration::from_secs(120),
+                    "the killed task was never replaced"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            replacements.push(killed_at.elapsed());
+        }
+        replacements.sort();
+        println!(
+            "container death -> replacement RUNNING  p50 {:>7.1} ms  max {:>7.1} ms  ({kills} kills)",
+            percentile(&replacements, 0.5),
+            percentile(&replacements, 1.0)
+        );
+        let started = Instant::now();
+        call(
+            &client,
+            "UpdateService",
+            json!({"cluster": cluster, "service": "bench", "taskDefinition": "svc:2"}),
+        )
+        .await?;
+        wait_service_stable(&client, &cluster, "bench", tasks as usize, ":2").await?;
+        println!(
+            "rolling update 1 -> 2 ({tasks} tasks, 100%/200%)  {:>8.0} ms",
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+        call(
+            &client,
+            "DeleteService",
+            json!({"cluster": cluster, "service": "bench", "force": true}),
+        )
+        .await?;
+        for _ in 0..3000 {
+            if running_service_tasks(&client, &cluster, "bench").await?.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    agent_stop.cancel();
+    let _ = agent.await;
+    server.shutdown().await;
+    let leftovers = tokio::process::Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=com.flotilla.cluster={cluster}"),
+        ])
+        .output()
+        .await?;
+    let ids: Vec<String> = String::from_utf8_lossy(&leftovers.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    if !ids.is_empty() {
+        tokio::process::Command::new("docker")
+            .arg("rm")
+            .arg("-f")
+            .args(&ids)
+            .output()
+            .await?;
+    }
+    let _ = std::fs::remove_dir_all(&data_dir);
+    result
 }
 
 /// Peak resident memory of this process, from /proc (Linux).

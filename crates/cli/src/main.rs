@@ -2,6 +2,7 @@
 //! plane), `agent` (a host), `env` (shell exports for AWS clients), `logs`, and `bench`.
 
 mod bench;
+mod registry_bench;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -40,6 +41,8 @@ enum Command {
         /// The availability zone the local host reports.
         #[arg(long)]
         zone: Option<String>,
+        #[command(flatten)]
+        fargate: FargateArgs,
     },
     /// Run the control plane (ECS API and agent protocol).
     Server(ServerArgs),
@@ -87,6 +90,26 @@ enum Command {
     /// Benchmarks that print their figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Take FARGATE_SPOT capacity back: running FARGATE_SPOT tasks get the two-minute
+    /// warning (SIGTERM, SIGKILL after 120 s) and stop with stopCode SpotInterruption.
+    ReclaimSpot {
+        #[arg(long)]
+        cluster: Option<String>,
+        /// How many tasks to interrupt.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        #[arg(long, env = "FLOTILLA_DATA_DIR", default_value_os_t = default_data_dir())]
+        data_dir: PathBuf,
+    },
+}
+
+/// Fargate settings of an agent (or of `flotilla up`).
+#[derive(Args, Clone, Debug, Default)]
+struct FargateArgs {
+    /// The OCI runtime Fargate tasks run under (e.g. `runsc` for gVisor, `kata-runtime`),
+    /// when it is installed in the Docker Engine; default: the engine's default runtime.
+    #[arg(long)]
+    fargate_runtime: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -113,6 +136,17 @@ struct ServerArgs {
     /// Seconds without a heartbeat before an agent is marked disconnected.
     #[arg(long, default_value_t = 30)]
     disconnect_timeout_seconds: u64,
+    /// The registry's host[:port] as clients push to it (repositoryUri); default: the
+    /// host the client used.
+    #[arg(long, env = "FLOTILLA_REGISTRY_HOST")]
+    registry_host: Option<String>,
+    /// The registry's data key, 64 hex digits (default: DIR/registry.key, generated).
+    #[arg(long, env = "FLOTILLA_REGISTRY_KEY", hide_env_values = true)]
+    registry_key: Option<String>,
+    /// First gap, in milliseconds, of a service's restart throttle after a task fails to
+    /// start; it doubles with each failure in a row, up to 15 minutes (ECS: 1000).
+    #[arg(long, default_value_t = 1000)]
+    service_restart_delay_ms: u64,
 }
 
 #[derive(Args, Clone)]
@@ -143,6 +177,12 @@ struct AgentArgs {
     /// The URL the control plane hands out for this agent's logs (default: the bound address).
     #[arg(long)]
     logs_advertise_url: Option<String>,
+    /// Offer this host as Fargate capacity: it runs FARGATE and FARGATE_SPOT tasks only and
+    /// is hidden from ListContainerInstances/DescribeContainerInstances.
+    #[arg(long)]
+    fargate: bool,
+    #[command(flatten)]
+    fargate_settings: FargateArgs,
 }
 
 fn parse_attribute(text: &str) -> Result<(String, String), String> {
@@ -185,7 +225,13 @@ fn main() -> anyhow::Result<()> {
             cluster,
             attributes,
             zone,
-        } => runtime.block_on(run_up(server, cluster, attributes, zone)),
+            fargate,
+        } => runtime.block_on(run_up(server, cluster, attributes, zone, fargate)),
+        Command::ReclaimSpot {
+            cluster,
+            count,
+            data_dir,
+        } => runtime.block_on(reclaim_spot(&data_dir, cluster, count)),
         Command::Agent(args) => runtime.block_on(run_agent(args)),
         Command::Logs {
             task,
@@ -242,6 +288,8 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     config.zone = args.zone.clone();
     config.logs_listen = Some(args.logs_listen);
     config.logs_advertise_url = args.logs_advertise_url.clone();
+    config.fargate_capacity = args.fargate;
+    config.fargate_runtime = args.fargate_settings.fargate_runtime.clone();
     let runtime: Arc<dyn flotilla_agent::Runtime> = Arc::new(
         flotilla_docker::DockerRuntime::connect()
             .await
@@ -263,6 +311,7 @@ async fn run_up(
     cluster: String,
     attributes: Vec<(String, String)>,
     zone: Option<String>,
+    fargate: FargateArgs,
 ) -> anyhow::Result<()> {
     let server = start_server(&args).await?;
     let credentials = credentials(&args)?;
@@ -290,6 +339,13 @@ async fn run_up(
     config.attributes = attributes;
     config.zone = zone.or_else(|| Some(format!("{DEFAULT_REGION}a")));
     config.logs_listen = Some("127.0.0.1:0".parse()?);
+    // The same Docker Engine is also the cluster's Fargate capacity: a second agent,
+    // hidden from the instance lists, runs FARGATE and FARGATE_SPOT tasks.
+    let mut fargate_config = config.clone();
+    fargate_config.data_dir = args.data_dir.join("agent-fargate");
+    fargate_config.attributes = Vec::new();
+    fargate_config.fargate_capacity = true;
+    fargate_config.fargate_runtime = fargate.fargate_runtime;
     let runtime: Arc<dyn flotilla_agent::Runtime> = Arc::new(
         flotilla_docker::DockerRuntime::connect()
             .await
@@ -308,6 +364,11 @@ async fn run_up(
     let _ = writeln!(std::io::stdout(), "{banner}");
     let shutdown = server.shutdown_token();
     let agent_shutdown = shutdown.child_token();
+    let fargate_agent = tokio::spawn(flotilla_agent::run(
+        fargate_config,
+        runtime.clone(),
+        agent_shutdown.clone(),
+    ));
     let agent = tokio::spawn(flotilla_agent::run(config, runtime, agent_shutdown));
     let token = shutdown.clone();
     tokio::spawn(async move {
@@ -327,7 +388,40 @@ async fn run_up(
         Err(error) => tracing::error!(%error, "agent task failed"),
     }
     shutdown.cancel();
+    match fargate_agent.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::error!(%error, "the Fargate capacity agent failed"),
+        Err(error) => tracing::error!(%error, "the Fargate capacity agent task failed"),
+    }
     server.wait().await;
+    Ok(())
+}
+
+/// `flotilla reclaim-spot`: the operator takes FARGATE_SPOT capacity back.
+async fn reclaim_spot(
+    data_dir: &std::path::Path,
+    cluster: Option<String>,
+    count: u32,
+) -> anyhow::Result<()> {
+    let client = operator_client(data_dir)?;
+    let answer: flotilla_protocol::ReclaimSpotCapacityResponse = client
+        .call(
+            &format!(
+                "{}.ReclaimSpotCapacity",
+                flotilla_protocol::OPERATOR_TARGET_PREFIX
+            ),
+            &flotilla_protocol::ReclaimSpotCapacityRequest {
+                cluster,
+                count: Some(count),
+            },
+        )
+        .await?;
+    if answer.task_arns.is_empty() {
+        println!("no running FARGATE_SPOT task to interrupt");
+    }
+    for arn in &answer.task_arns {
+        println!("interrupted {arn} (two-minute warning, stopCode SpotInterruption)");
+    }
     Ok(())
 }
 
@@ -342,6 +436,12 @@ async fn start_server(args: &ServerArgs) -> anyhow::Result<flotilla_server::Runn
     config.account_id = args.account_id.clone();
     config.disconnect_timeout =
         std::time::Duration::from_secs(args.disconnect_timeout_seconds.max(1));
+    config.registry = flotilla_registry::RegistryConfig::on_disk(&args.data_dir);
+    config.registry.public_host = args.registry_host.clone();
+    if let Some(key) = &args.registry_key {
+        config.registry.key = flotilla_registry::KeyConfig::Hex(key.clone());
+    }
+    config.engine.restart_delay_base_ms = args.service_restart_delay_ms.max(1);
     let server = flotilla_server::start(config, store).await?;
     let endpoint_file = EndpointFile {
         endpoint: server.endpoint(),

@@ -1,14 +1,15 @@
 //! The `flotilla` binary as users run it: `flotilla server`, `flotilla env` and the AWS CLI,
 //! and a `kill -9` in the middle of writes that loses nothing acknowledged.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+use common::{FLOTILLA, aws, env_exports};
 use flotilla_agent::{ServerClient, SigningIdentity};
 use serde_json::{Value, json};
-
-const FLOTILLA: &str = env!("CARGO_BIN_EXE_flotilla");
 
 struct ServerProcess {
     child: Child,
@@ -43,45 +44,6 @@ fn start_server(data_dir: &Path) -> ServerProcess {
         "unexpected first line: {line}"
     );
     ServerProcess { child, endpoint }
-}
-
-/// `flotilla env` parsed into (name, value) pairs.
-fn env_exports(data_dir: &Path) -> Vec<(String, String)> {
-    let output = Command::new(FLOTILLA)
-        .args(["env", "--data-dir"])
-        .arg(data_dir)
-        .output()
-        .expect("flotilla env runs");
-    assert!(output.status.success());
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .filter_map(|line| line.strip_prefix("export "))
-        .filter_map(|pair| pair.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-}
-
-/// Runs `aws ecs ARGS...` with the exports; returns (success, stdout JSON or stderr text).
-fn aws(exports: &[(String, String)], args: &[&str]) -> (bool, String) {
-    let output = Command::new("aws")
-        .arg("ecs")
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", std::env::var("HOME").unwrap_or_default())
-        .envs(exports.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .output()
-        .expect("the AWS CLI is installed (pip install awscli)");
-    let text = if output.status.success() {
-        output.stdout
-    } else {
-        output.stderr
-    };
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&text).into_owned(),
-    )
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! Docker quirk lives here: API version negotiation, image references without a tag, the
 //! shape of port maps and health states, `0001-01-01` timestamps, error status codes.
 
+pub mod sandbox;
 pub mod testing;
 
 use std::collections::HashMap;
@@ -46,7 +47,7 @@ pub struct DockerRuntime {
     digests: Arc<Mutex<HashMap<String, String>>>,
 }
 
-fn server_error(error: DockerError) -> RuntimeError {
+pub(crate) fn server_error(error: DockerError) -> RuntimeError {
     match error {
         DockerError::DockerResponseServerError {
             status_code,
@@ -203,14 +204,15 @@ pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             typ: Some(log.driver.clone()),
             config: Some(log.options.clone().into_iter().collect()),
         }),
-        network_mode: Some(
-            match spec.network {
-                NetworkSpec::Bridge => "bridge",
-                NetworkSpec::Host => "host",
-                NetworkSpec::None => "none",
-            }
-            .to_owned(),
-        ),
+        network_mode: Some(match &spec.network {
+            NetworkSpec::Bridge => "bridge".to_owned(),
+            NetworkSpec::Host => "host".to_owned(),
+            NetworkSpec::None => "none".to_owned(),
+            NetworkSpec::Container(name) => format!("container:{name}"),
+        }),
+        nano_cpus: spec.nano_cpus,
+        pids_limit: spec.pids_limit,
+        runtime: spec.oci_runtime.clone(),
         port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
         pid_mode: spec.pid_mode.clone(),
         ipc_mode: spec.ipc_mode.clone(),
@@ -418,6 +420,24 @@ fn event_kind(action: &str, attributes: &HashMap<String, String>) -> Option<Runt
 }
 
 impl Runtime for DockerRuntime {
+    fn ensure_cluster_network<'a>(
+        &'a self,
+        cluster: &'a str,
+    ) -> BoxFuture<'a, Result<flotilla_agent::runtime::ClusterNetwork, RuntimeError>> {
+        Box::pin(self.cluster_network(cluster))
+    }
+
+    fn ensure_sandbox<'a>(
+        &'a self,
+        spec: &'a flotilla_agent::runtime::SandboxSpec,
+    ) -> BoxFuture<'a, Result<flotilla_model::task::TaskNetwork, RuntimeError>> {
+        Box::pin(self.sandbox(spec))
+    }
+
+    fn stats<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<serde_json::Value, RuntimeError>> {
+        Box::pin(self.one_stats(id))
+    }
+
     fn info(&self) -> BoxFuture<'_, Result<RuntimeInfo, RuntimeError>> {
         Box::pin(async move {
             let version = self.docker.version().await.map_err(server_error)?;

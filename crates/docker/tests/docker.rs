@@ -162,6 +162,7 @@ impl Harness {
             stopped_reason: None,
             version: 1,
             created_at: Timestamp::from_millis(0),
+            launch: Default::default(),
         };
         TaskUpdate {
             task,

@@ -80,7 +80,18 @@ pub struct ContainerInstance {
     pub agent_endpoint: Option<String>,
 }
 
+/// The `capacityProviderName` of a host that offers Fargate capacity: it runs FARGATE and
+/// FARGATE_SPOT tasks only and is hidden from the user's instance lists.
+pub const FARGATE_CAPACITY: &str = "FARGATE";
+/// The attribute a Fargate-capacity host carries, so placement can tell the two kinds apart.
+pub const CAPACITY_ATTRIBUTE: &str = "flotilla.capacity";
+
 impl ContainerInstance {
+    /// Whether this host is Fargate capacity (managed by Flotilla, hidden from users).
+    pub fn is_fargate_capacity(&self) -> bool {
+        self.capacity_provider_name.as_deref() == Some(FARGATE_CAPACITY)
+    }
+
     pub fn attribute(&self, name: &str) -> Option<&Attribute> {
         self.attributes.iter().find(|a| a.name == name)
     }

@@ -10,6 +10,9 @@ pub enum EcsError {
     /// The named service does not exist.
     #[error("Service not found.")]
     ServiceNotFound,
+    /// The service is DRAINING or INACTIVE where an ACTIVE one is needed.
+    #[error("Service was not ACTIVE.")]
+    ServiceNotActive,
     /// A parameter is missing, malformed or out of range; the text names it.
     #[error("{0}")]
     InvalidParameter(String),

@@ -2,6 +2,7 @@
 //! instances, resources, ARNs. No IO, no clock, no randomness: callers pass time and IDs in.
 
 pub mod arn;
+pub mod capacity;
 pub mod cluster;
 pub mod container_instance;
 pub mod error;
@@ -19,8 +20,9 @@ pub use container_instance::{ContainerInstance, ContainerInstanceStatus, Version
 pub use error::EcsError;
 pub use resources::{Resources, Shortfall};
 pub use task::{
-    Container, ContainerOverride, DesiredStatus, HealthStatus, LaunchType, NetworkBinding, Task,
-    TaskOverride, TaskStatus, TaskStopCode,
+    Attachment, AwsVpcConfiguration, Container, ContainerOverride, DesiredStatus, HealthStatus,
+    LaunchType, NetworkBinding, NetworkConfiguration, Task, TaskNetwork, TaskOverride, TaskStatus,
+    TaskStopCode,
 };
 pub use task_definition::{
     ContainerDefinition, TaskDefinition, TaskDefinitionInput, TaskDefinitionSpec,

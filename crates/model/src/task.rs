@@ -300,10 +300,113 @@ pub struct Task {
     pub released: bool,
     /// Docker labels and environment the agent needs but ECS does not show.
     pub extra: BTreeMap<String, String>,
+    /// The task's elastic network interface (awsvpc), as DescribeTasks shows it.
+    #[serde(default)]
+    pub attachments: Vec<Attachment>,
 }
 
 impl Task {
     pub fn container_mut(&mut self, name: &str) -> Option<&mut Container> {
         self.containers.iter_mut().find(|c| c.name == name)
+    }
+}
+
+/// `networkConfiguration.awsvpcConfiguration` of RunTask, StartTask and services.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsVpcConfiguration {
+    #[serde(default)]
+    pub subnets: Vec<String>,
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assign_public_ip: Option<String>,
+}
+
+/// `networkConfiguration` of RunTask, StartTask and services.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkConfiguration {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub awsvpc_configuration: Option<AwsVpcConfiguration>,
+}
+
+/// What a task's network interface looks like on its host, as the agent reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskNetwork {
+    pub private_ipv4_address: String,
+    pub mac_address: String,
+    /// The cluster network's subnet (`172.18.0.0/16`).
+    pub subnet_cidr: String,
+    pub gateway_ipv4_address: String,
+}
+
+/// ECS's attachment kind for a task's network interface.
+pub const ENI_ATTACHMENT: &str = "ElasticNetworkInterface";
+
+/// An attachment of a task (its elastic network interface), as ECS shows it.
+///
+/// ```text
+///   PRECREATED -> ATTACHED -> DELETED
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attachment {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
+    pub details: Vec<KeyValuePair>,
+}
+
+impl Attachment {
+    /// A new interface of a task in `subnet_id`, not yet on a host.
+    pub fn eni(id: String, subnet_id: &str) -> Self {
+        Self {
+            id,
+            kind: ENI_ATTACHMENT.to_owned(),
+            status: "PRECREATED".to_owned(),
+            details: vec![pair("subnetId", subnet_id)],
+        }
+    }
+
+    pub fn detail(&self, name: &str) -> Option<&str> {
+        self.details
+            .iter()
+            .find(|d| d.name.as_deref() == Some(name))
+            .and_then(|d| d.value.as_deref())
+    }
+
+    /// The interface is up on its host with `network`. ECS's detail names: `subnetId`,
+    /// `networkInterfaceId`, `macAddress`, `privateDnsName`, `privateIPv4Address`.
+    pub fn attach(&mut self, network: &TaskNetwork) {
+        let subnet_id = self.detail("subnetId").unwrap_or_default().to_owned();
+        let hex: String = self
+            .id
+            .chars()
+            .filter(char::is_ascii_hexdigit)
+            .take(17)
+            .collect();
+        let interface_id = format!("eni-{hex}");
+        let address = &network.private_ipv4_address;
+        self.details = vec![
+            pair("subnetId", &subnet_id),
+            pair("networkInterfaceId", &interface_id),
+            pair("macAddress", &network.mac_address),
+            pair(
+                "privateDnsName",
+                &format!("ip-{}.ec2.internal", address.replace('.', "-")),
+            ),
+            pair("privateIPv4Address", address),
+        ];
+        self.status = "ATTACHED".to_owned();
+    }
+}
+
+fn pair(name: &str, value: &str) -> KeyValuePair {
+    KeyValuePair {
+        name: Some(name.to_owned()),
+        value: Some(value.to_owned()),
     }
 }

@@ -1273,6 +1273,126 @@ fn fargate_problem(
     None
 }
 
+/// Subnets and security groups an `awsvpcConfiguration` may name (ECS's limits).
+const SUBNETS_MAX: usize = 16;
+const SECURITY_GROUPS_MAX: usize = 5;
+
+/// Checks the `networkConfiguration` of RunTask, StartTask or a service against the task
+/// definition's network mode and the launch type; returns the awsvpc configuration of an
+/// awsvpc task. Refusals are InvalidParameterException with ECS's messages.
+pub fn validate_network_configuration(
+    network_mode: NetworkMode,
+    fargate: bool,
+    configuration: Option<&crate::task::NetworkConfiguration>,
+) -> Result<Option<crate::task::AwsVpcConfiguration>, ValidationError> {
+    let awsvpc = configuration.and_then(|c| c.awsvpc_configuration.as_ref());
+    if network_mode != NetworkMode::Awsvpc {
+        if awsvpc.is_some() {
+            return Err(invalid_parameter(
+                "Network Configuration is not valid for the given networkMode of this task definition.",
+            ));
+        }
+        return Ok(None);
+    }
+    let Some(awsvpc) = awsvpc else {
+        return Err(invalid_parameter(
+            "Network Configuration must be provided when networkMode 'awsvpc' is specified.",
+        ));
+    };
+    if awsvpc.subnets.is_empty() {
+        return Err(invalid_parameter(
+            "subnets can not be empty: 'networkConfiguration.awsvpcConfiguration.subnets' must name 1 to 16 subnets (subnet-...).",
+        ));
+    }
+    if awsvpc.subnets.len() > SUBNETS_MAX {
+        return Err(invalid_parameter(format!(
+            "At most {SUBNETS_MAX} subnets can be provided in 'networkConfiguration.awsvpcConfiguration.subnets'."
+        )));
+    }
+    if awsvpc.security_groups.len() > SECURITY_GROUPS_MAX {
+        return Err(invalid_parameter(format!(
+            "At most {SECURITY_GROUPS_MAX} security groups can be provided in 'networkConfiguration.awsvpcConfiguration.securityGroups'."
+        )));
+    }
+    let id_ok = |id: &str, prefix: &str| {
+        id.strip_prefix(prefix).is_some_and(|rest| {
+            !rest.is_empty() && rest.len() <= 64 && rest.chars().all(|c| c.is_ascii_alphanumeric())
+        })
+    };
+    if let Some(subnet) = awsvpc.subnets.iter().find(|s| !id_ok(s, "subnet-")) {
+        return Err(invalid_parameter(format!(
+            "Error retrieving subnet information for [{subnet}]: The subnet ID '{subnet}' is malformed (ErrorCode: InvalidSubnetID.Malformed). Subnet ids look like 'subnet-0123abcd'."
+        )));
+    }
+    if let Some(group) = awsvpc.security_groups.iter().find(|g| !id_ok(g, "sg-")) {
+        return Err(invalid_parameter(format!(
+            "Error retrieving security group information for [{group}]: The security group ID '{group}' is malformed. Security group ids look like 'sg-0123abcd'."
+        )));
+    }
+    match awsvpc.assign_public_ip.as_deref() {
+        None | Some("DISABLED") => {}
+        Some("ENABLED") if fargate => {}
+        Some("ENABLED") => {
+            return Err(invalid_parameter(
+                "Assign public IP is not supported for this launch type.",
+            ));
+        }
+        Some(other) => {
+            return Err(invalid_parameter(format!(
+                "Invalid 'networkConfiguration.awsvpcConfiguration.assignPublicIp' value '{other}'; accepted: ENABLED, DISABLED."
+            )));
+        }
+    }
+    Ok(Some(awsvpc.clone()))
+}
+
+/// Why a task of `task_definition` (with `overrides`) cannot run on Fargate, if it cannot:
+/// the definition must be Fargate-compatible (awsvpc, a task size from the Fargate table, no
+/// privileged containers, host devices, host-path volumes or host ports other than the
+/// container port) and an overridden size must be in the table too.
+pub fn fargate_launch_problem(
+    task_definition: &TaskDefinition,
+    overrides: &TaskOverride,
+) -> Option<String> {
+    let spec = &task_definition.spec;
+    let cpu = spec
+        .cpu
+        .as_deref()
+        .and_then(|c| parse_cpu_units("cpu", c).ok());
+    let memory = spec
+        .memory
+        .as_deref()
+        .and_then(|m| parse_memory_mib("memory", m).ok());
+    if let Some(problem) = fargate_problem(spec, cpu, memory) {
+        return Some(format!(
+            "Task definition does not support launch_type FARGATE: {problem}"
+        ));
+    }
+    let cpu = overrides
+        .cpu
+        .as_deref()
+        .and_then(|c| parse_cpu_units("overrides.cpu", c).ok())
+        .or(cpu)?;
+    let memory = overrides
+        .memory
+        .as_deref()
+        .and_then(|m| parse_memory_mib("overrides.memory", m).ok())
+        .or(memory)?;
+    (!fargate_size_is_valid(cpu, memory)).then(|| {
+        format!(
+            "No Fargate configuration exists for given values: {cpu} CPU, {memory} memory. See the Amazon ECS documentation for the valid values."
+        )
+    })
+}
+
+/// Why a service cannot use the FARGATE launch type with this scheduling strategy, if it
+/// cannot (for the service scheduler: Fargate has no hosts to run one task on each of).
+pub fn fargate_service_problem(scheduling_strategy: &str) -> Option<String> {
+    (scheduling_strategy == "DAEMON").then(|| {
+        "The DAEMON scheduling strategy is not supported with the FARGATE launch type or Fargate capacity providers.".to_owned()
+    })
+}
+
 /// Validate RunTask/StartTask overrides against a registered task definition: container
 /// override names must exist, cpu/memory overrides parse and are positive and consistent,
 /// unsupported override fields (environmentFiles, inferenceAcceleratorOverrides) refused.
@@ -3639,5 +3759,104 @@ mod tests {
                 prop_assert!(demand.ports_tcp.is_empty() && demand.ports_udp.is_empty());
             }
         }
+    }
+
+    #[test]
+    fn network_configuration_as_ecs_checks_it() {
+        use crate::task::NetworkConfiguration;
+        let config =
+            |json: Value| -> NetworkConfiguration { serde_json::from_value(json).unwrap() };
+        let awsvpc = |json: Value| config(json!({"awsvpcConfiguration": json}));
+        let ok = awsvpc(json!({"subnets": ["subnet-0abc"], "securityGroups": ["sg-1"]}));
+        let checked =
+            validate_network_configuration(NetworkMode::Awsvpc, false, Some(&ok)).unwrap();
+        assert_eq!(checked.unwrap().subnets, vec!["subnet-0abc"]);
+        assert_eq!(
+            validate_network_configuration(NetworkMode::Bridge, false, None).unwrap(),
+            None
+        );
+        for (mode, fargate, given, expected) in [
+            (
+                NetworkMode::Awsvpc,
+                true,
+                None,
+                "Network Configuration must be provided when networkMode 'awsvpc' is specified.",
+            ),
+            (
+                NetworkMode::Bridge,
+                false,
+                Some(ok.clone()),
+                "Network Configuration is not valid for the given networkMode of this task definition.",
+            ),
+            (
+                NetworkMode::Awsvpc,
+                true,
+                Some(awsvpc(json!({"subnets": []}))),
+                "subnets can not be empty",
+            ),
+            (
+                NetworkMode::Awsvpc,
+                true,
+                Some(awsvpc(json!({"subnets": ["vpc-1"]}))),
+                "InvalidSubnetID.Malformed",
+            ),
+            (
+                NetworkMode::Awsvpc,
+                true,
+                Some(awsvpc(
+                    json!({"subnets": ["subnet-1"], "securityGroups": ["x"]}),
+                )),
+                "security group ID 'x'",
+            ),
+            (
+                NetworkMode::Awsvpc,
+                false,
+                Some(awsvpc(
+                    json!({"subnets": ["subnet-1"], "assignPublicIp": "ENABLED"}),
+                )),
+                "Assign public IP is not supported for this launch type.",
+            ),
+            (
+                NetworkMode::Awsvpc,
+                true,
+                Some(awsvpc(
+                    json!({"subnets": ["subnet-1"], "assignPublicIp": "YES"}),
+                )),
+                "accepted: ENABLED, DISABLED",
+            ),
+        ] {
+            let error = validate_network_configuration(mode, fargate, given.as_ref()).unwrap_err();
+            assert_eq!(error.kind, ErrorKind::InvalidParameterException);
+            assert!(error.message.contains(expected), "{}", error.message);
+        }
+        let public = awsvpc(json!({"subnets": ["subnet-1"], "assignPublicIp": "ENABLED"}));
+        assert!(validate_network_configuration(NetworkMode::Awsvpc, true, Some(&public)).is_ok());
+    }
+
+    #[test]
+    fn fargate_launches_need_a_fargate_definition_and_size() {
+        let fargate_td = registered(fargate_sized("256", "512"));
+        assert_eq!(
+            fargate_launch_problem(&fargate_td, &TaskOverride::default()),
+            None
+        );
+        let bigger = overrides(json!({"cpu": "512", "memory": "1024"}));
+        assert_eq!(fargate_launch_problem(&fargate_td, &bigger), None);
+        let bad = overrides(json!({"cpu": "256", "memory": "4096"}));
+        let problem = fargate_launch_problem(&fargate_td, &bad).unwrap();
+        assert!(
+            problem
+                .contains("No Fargate configuration exists for given values: 256 CPU, 4096 memory"),
+            "{problem}"
+        );
+        let ec2_td = registered(td(vec![app(json!({}))]));
+        let problem = fargate_launch_problem(&ec2_td, &TaskOverride::default()).unwrap();
+        assert!(
+            problem.starts_with("Task definition does not support launch_type FARGATE"),
+            "{problem}"
+        );
+        assert!(problem.contains("awsvpc"), "{problem}");
+        assert!(fargate_service_problem("DAEMON").is_some());
+        assert_eq!(fargate_service_problem("REPLICA"), None);
     }
 }

@@ -11,7 +11,9 @@
 use std::collections::BTreeMap;
 
 use flotilla_model::resources::Resources;
-use flotilla_model::task::{HealthStatus, NetworkBinding, TaskOverride, TaskStatus, TaskStopCode};
+use flotilla_model::task::{
+    HealthStatus, LaunchType, NetworkBinding, TaskNetwork, TaskOverride, TaskStatus, TaskStopCode,
+};
 use flotilla_model::{Attribute, DesiredStatus, TaskDefinition, Timestamp, VersionInfo};
 use serde::{Deserialize, Serialize};
 
@@ -74,6 +76,10 @@ pub struct RegisterRequest {
     /// Where the control plane can reach this agent (logs), if anywhere.
     #[serde(default)]
     pub agent_endpoint: Option<String>,
+    /// The host offers itself as Fargate capacity: it runs FARGATE and FARGATE_SPOT tasks
+    /// only and is hidden from ListContainerInstances/DescribeContainerInstances.
+    #[serde(default)]
+    pub fargate_capacity: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -134,6 +140,27 @@ pub struct AssignedTask {
     pub stopped_reason: Option<String>,
     pub version: u64,
     pub created_at: Timestamp,
+    /// Launch type, placement and task-level size: what Fargate isolation and the task
+    /// metadata endpoint need.
+    #[serde(default)]
+    pub launch: TaskLaunch,
+}
+
+/// How a task was launched, as its agent needs to know it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskLaunch {
+    #[serde(default)]
+    pub launch_type: LaunchType,
+    #[serde(default)]
+    pub capacity_provider_name: Option<String>,
+    #[serde(default)]
+    pub availability_zone: Option<String>,
+    /// Task-level CPU units and MiB (overrides applied), when the task has a size.
+    #[serde(default)]
+    pub cpu: Option<String>,
+    #[serde(default)]
+    pub memory: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -174,6 +201,9 @@ pub struct TaskStateChange {
     pub started_at: Option<Timestamp>,
     #[serde(default)]
     pub execution_stopped_at: Option<Timestamp>,
+    /// The task's own network (awsvpc), once it is up.
+    #[serde(default)]
+    pub network: Option<TaskNetwork>,
     /// When the agent observed this state.
     pub at: Timestamp,
 }
@@ -266,4 +296,23 @@ pub struct ExplainPlacementResponse {
     /// Where RunTask would put one task now, if anywhere.
     #[serde(default)]
     pub chosen: Option<String>,
+}
+
+/// `FlotillaV1.ReclaimSpotCapacity`: the operator takes FARGATE_SPOT capacity back. Up to
+/// `count` running FARGATE_SPOT tasks of the cluster get a two-minute warning (SIGTERM,
+/// then SIGKILL after 120 s) and stop with stopCode `SpotInterruption`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReclaimSpotCapacityRequest {
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// How many tasks to interrupt (default 1, at most 100).
+    #[serde(default)]
+    pub count: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReclaimSpotCapacityResponse {
+    pub task_arns: Vec<String>,
 }

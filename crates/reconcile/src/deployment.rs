@@ -36,12 +36,18 @@ pub const BREAKER_FAILED_REASON: &str = "ECS deployment circuit breaker: tasks f
 
 /// The gap before the next start after `consecutive_failures` failures in a row.
 pub fn throttle_delay_ms(consecutive_failures: u32) -> u64 {
+    throttle_delay_with_base_ms(THROTTLE_DELAY_BASE_MS, consecutive_failures)
+}
+
+/// [`throttle_delay_ms`] with another base than ECS's one second (an operator setting,
+/// which tests use to make failing deployments fail fast).
+pub fn throttle_delay_with_base_ms(base_ms: u64, consecutive_failures: u32) -> u64 {
     if consecutive_failures == 0 {
         return 0;
     }
     // 2^20 s is far past the ceiling already; capping the shift keeps it from overflowing.
     let doublings = consecutive_failures.min(20);
-    (THROTTLE_DELAY_BASE_MS << doublings).min(THROTTLE_DELAY_MAX_MS)
+    (base_ms << doublings).min(THROTTLE_DELAY_MAX_MS)
 }
 
 /// Failed tasks that trip the breaker: `clamp(ceil(desired / 2), 10, 200)`.
@@ -52,10 +58,10 @@ pub fn breaker_threshold(desired_count: u32) -> u32 {
 }
 
 /// Counts `failures` more failed starts at `at` and pushes the next start out accordingly.
-pub(crate) fn throttle(deployment: &mut Deployment, failures: u32, at: Timestamp) {
+pub(crate) fn throttle(deployment: &mut Deployment, failures: u32, at: Timestamp, base_ms: u64) {
     deployment.consecutive_failures = deployment.consecutive_failures.saturating_add(failures);
     deployment.last_failure_at = Some(deployment.last_failure_at.map_or(at, |last| last.max(at)));
-    let delay_ms = throttle_delay_ms(deployment.consecutive_failures);
+    let delay_ms = throttle_delay_with_base_ms(base_ms, deployment.consecutive_failures);
     let next = at.plus_millis(i64::try_from(delay_ms).unwrap_or(i64::MAX));
     deployment.next_start_at = Some(deployment.next_start_at.map_or(next, |n| n.max(next)));
     deployment.updated_at = deployment.updated_at.max(at);
@@ -64,7 +70,7 @@ pub(crate) fn throttle(deployment: &mut Deployment, failures: u32, at: Timestamp
 /// Folds what the observed tasks say into each deployment's memory: STOPPED tasks that
 /// failed to start are counted once (throttle, breaker), proven tasks disarm the breaker and
 /// reset the throttle.
-pub(crate) fn account(service: &mut Service, tasks: &[Task], now: Timestamp) {
+pub(crate) fn account(service: &mut Service, tasks: &[Task], now: Timestamp, base_ms: u64) {
     for deployment in &mut service.deployments {
         let id = deployment.id.clone();
         let own = || {
@@ -103,7 +109,7 @@ pub(crate) fn account(service: &mut Service, tasks: &[Task], now: Timestamp) {
                 continue;
             }
             deployment.accounted_task_ids.insert(task.id.clone());
-            throttle(deployment, 1, task.stopped_at.unwrap_or(now));
+            throttle(deployment, 1, task.stopped_at.unwrap_or(now), base_ms);
             let counts_for_breaker = deployment.rollout_state == RolloutState::InProgress
                 && !deployment.proven
                 && !health::is_proven(task, now);

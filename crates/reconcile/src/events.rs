@@ -110,6 +110,17 @@ fn task_list(task_ids: &[&str]) -> String {
 
 /// Ids for one evaluation, drawn from its seed (splitmix64), so a replayed evaluation makes
 /// the same ids and two evaluations with different seeds practically never collide.
+/// A new deployment id (`ecs-svc/` and 19 digits) from a seed, for the shell's
+/// CreateService and UpdateService.
+pub fn new_deployment_id(seed: u64) -> String {
+    Ids::new(seed).deployment_id()
+}
+
+/// A new event id (a UUID) from a seed, for the events the shell records.
+pub fn new_event_id(seed: u64) -> String {
+    Ids::new(seed).event_id()
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct Ids {
     state: u64,

@@ -60,15 +60,16 @@ use flotilla_scheduler::Host;
 pub use daemon::{CONSTRAINT_STOP_REASON, DRAINING_RECHECK_MS};
 pub use deployment::{
     BREAKER_FAILED_REASON, BREAKER_THRESHOLD_MAX, BREAKER_THRESHOLD_MIN, THROTTLE_DELAY_BASE_MS,
-    THROTTLE_DELAY_MAX_MS, breaker_threshold, throttle_delay_ms,
+    THROTTLE_DELAY_MAX_MS, breaker_threshold, throttle_delay_ms, throttle_delay_with_base_ms,
 };
 pub use evaluation::{
     DELETE_STOP_REASON, DEREGISTERED_STOP_REASON, DRAINING_STOP_REASON,
     STEADY_STATE_EVENT_REPEAT_MS,
 };
 pub use events::{
-    deployment_completed_event, deployment_failed_event, placement_failure_event,
-    rolling_back_event, started_tasks_event, steady_state_event, stopped_tasks_event,
+    deployment_completed_event, deployment_failed_event, new_deployment_id, new_event_id,
+    placement_failure_event, rolling_back_event, started_tasks_event, steady_state_event,
+    stopped_tasks_event,
 };
 pub use health::{PROVEN_AFTER_RUNNING_MS, UNHEALTHY_STOP_REASON};
 pub use service::{
@@ -110,6 +111,10 @@ pub struct Observed<'a> {
     /// Every container instance of the cluster.
     pub hosts: &'a [ObservedHost],
     pub now: Timestamp,
+    /// The first gap of the restart throttle, doubled with each failure in a row:
+    /// [`THROTTLE_DELAY_BASE_MS`] as in ECS, less where an operator wants failing
+    /// deployments to fail fast.
+    pub restart_delay_base_ms: u64,
 }
 
 /// One thing for the shell to do; see the crate documentation for how to apply each.
@@ -170,7 +175,12 @@ pub fn reconcile(observed: &Observed<'_>, seed: u64) -> Plan {
         }
     };
 
-    deployment::account(&mut ev.next, observed.tasks, observed.now);
+    deployment::account(
+        &mut ev.next,
+        observed.tasks,
+        observed.now,
+        observed.restart_delay_base_ms,
+    );
     let desired = ev.next.desired_count;
     let mut ids = ev.ids.clone();
     let tripped =

@@ -301,6 +301,18 @@ pub struct Service {
     /// recorded; `None` while it is not steady.
     #[serde(default)]
     pub steady_state_event_at: Option<Timestamp>,
+    /// `propagateTags`: `SERVICE`, `TASK_DEFINITION` or `NONE` (the default).
+    #[serde(default)]
+    pub propagate_tags: Option<String>,
+    /// `enableECSManagedTags`: tag tasks with `aws:ecs:clusterName` and `aws:ecs:serviceName`.
+    #[serde(default)]
+    pub enable_ecs_managed_tags: bool,
+    /// The CreateService `clientToken`, so a retried create answers with this service.
+    #[serde(default)]
+    pub client_token: Option<String>,
+    /// The principal that created the service (`createdBy`).
+    #[serde(default)]
+    pub created_by: Option<String>,
 }
 
 impl Service {
@@ -342,6 +354,10 @@ impl Service {
             tags: Vec::new(),
             enable_execute_command: false,
             steady_state_event_at: None,
+            propagate_tags: None,
+            enable_ecs_managed_tags: false,
+            client_token: None,
+            created_by: None,
         }
     }
 
@@ -400,9 +416,10 @@ impl Service {
         message: String,
         event_id: String,
         now: Timestamp,
+        restart_delay_base_ms: u64,
     ) {
         if let Some(deployment) = self.deployments.iter_mut().find(|d| d.id == deployment_id) {
-            crate::deployment::throttle(deployment, 1, now);
+            crate::deployment::throttle(deployment, 1, now, restart_delay_base_ms);
         }
         self.record_event(ServiceEvent {
             id: event_id,
@@ -424,13 +441,15 @@ impl Service {
             .collect()
     }
 
-    /// The placement strategies, parsed; ECS's default (spread over availability zones)
-    /// when none were given. Strategies that do not parse are skipped: they only rank.
+    /// The placement strategies, parsed; ECS's default (spread over availability zones,
+    /// then over instances) when none were given. Strategies that do not parse are
+    /// skipped: they only rank.
     pub fn strategies(&self) -> Vec<Strategy> {
         if self.placement_strategy.is_empty() {
-            return vec![Strategy::Spread(SpreadField::Attribute(
-                DEFAULT_SPREAD_ATTRIBUTE.to_owned(),
-            ))];
+            return vec![
+                Strategy::Spread(SpreadField::Attribute(DEFAULT_SPREAD_ATTRIBUTE.to_owned())),
+                Strategy::Spread(SpreadField::Instance),
+            ];
         }
         self.placement_strategy
             .iter()

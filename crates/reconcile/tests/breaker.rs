@@ -202,6 +202,7 @@ fn evaluate(
             tasks,
             hosts: &hosts,
             now: T0.plus_seconds(seconds),
+            restart_delay_base_ms: flotilla_reconcile::THROTTLE_DELAY_BASE_MS,
         },
         7,
     )

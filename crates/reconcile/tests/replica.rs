@@ -360,6 +360,7 @@ fn spread_by_zone_keeps_the_zones_balanced() {
                 tasks: &tasks,
                 hosts: &hosts,
                 now: T0,
+                restart_delay_base_ms: flotilla_reconcile::THROTTLE_DELAY_BASE_MS,
             },
             seed,
         );

@@ -180,6 +180,7 @@ impl Agents {
             version_info: request.version_info,
             tags: Vec::new(),
             agent_endpoint: request.agent_endpoint,
+            fargate_capacity: request.fargate_capacity,
         };
         let instance = self.engine.register_instance(ctx, registration).await?;
         self.seen(&instance.arn);
@@ -246,6 +247,13 @@ impl Agents {
                 stopped_reason: task.stopped_reason.clone(),
                 version: task.version,
                 created_at: task.created_at,
+                launch: TaskLaunch {
+                    launch_type: task.launch_type,
+                    capacity_provider_name: task.capacity_provider_name.clone(),
+                    availability_zone: task.availability_zone.clone(),
+                    cpu: task.cpu.clone(),
+                    memory: task.memory.clone(),
+                },
             });
         }
         let response = PollResponse {

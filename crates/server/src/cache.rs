@@ -9,12 +9,15 @@
 //! oversubscribed host.
 
 use std::collections::{BTreeMap, HashMap};
+
+use imbl::OrdMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use flotilla_model::{ContainerInstance, DesiredStatus, LaunchType, Task, TaskStatus};
+use flotilla_reconcile::{SchedulingStrategy, Service, ServiceStatus};
 use flotilla_store::{EventKind, Revision, Store};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::db::Versioned;
@@ -51,25 +54,126 @@ impl TaskSummary {
     }
 }
 
-/// One cluster's instances and tasks.
+/// What placement needs of the tasks on one host: its non-stopped tasks by group and how
+/// many are RUNNING. Kept up to date with every task change, so a placement snapshot costs
+/// O(hosts), not O(tasks).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostTasks {
+    pub groups: BTreeMap<String, u32>,
+    pub running: u32,
+}
+
+impl HostTasks {
+    fn add(&mut self, task: &TaskSummary) {
+        if let Some(group) = &task.group {
+            *self.groups.entry(group.clone()).or_default() += 1;
+        }
+        if task.last_status == TaskStatus::Running {
+            self.running += 1;
+        }
+    }
+
+    fn remove(&mut self, task: &TaskSummary) {
+        if let Some(group) = &task.group
+            && let Some(count) = self.groups.get_mut(group)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.groups.remove(group);
+            }
+        }
+        if task.last_status == TaskStatus::Running {
+            self.running = self.running.saturating_sub(1);
+        }
+    }
+}
+
+/// One cluster's instances and tasks. The maps are persistent (structurally shared), so a
+/// snapshot is O(1) and a change while snapshots are out copies a path, not the cluster.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterState {
-    pub instances: BTreeMap<String, Versioned<ContainerInstance>>,
-    pub tasks: BTreeMap<String, TaskSummary>,
+    pub instances: OrdMap<String, Versioned<ContainerInstance>>,
+    pub tasks: OrdMap<String, TaskSummary>,
+    /// Per instance id: its non-stopped tasks (see [`HostTasks`]).
+    pub host_tasks: OrdMap<String, HostTasks>,
+}
+
+impl ClusterState {
+    /// Replaces (or removes, with `None`) the summary of task `id`, keeping `host_tasks`.
+    fn set_task(&mut self, id: &str, task: Option<TaskSummary>) {
+        let old = match &task {
+            Some(task) => self.tasks.insert(id.to_owned(), task.clone()),
+            None => self.tasks.remove(id),
+        };
+        if let Some(old) = old.filter(counts_on_host)
+            && let Some(instance) = &old.instance_id
+            && let Some(host) = self.host_tasks.get_mut(instance)
+        {
+            host.remove(&old);
+            if host.groups.is_empty() && host.running == 0 {
+                self.host_tasks.remove(instance);
+            }
+        }
+        if let Some(new) = task.filter(counts_on_host)
+            && let Some(instance) = &new.instance_id
+        {
+            self.host_tasks
+                .entry(instance.clone())
+                .or_default()
+                .add(&new);
+        }
+    }
+}
+
+/// Stopped tasks hold nothing on their host.
+fn counts_on_host(task: &TaskSummary) -> bool {
+    task.last_status != TaskStatus::Stopped
 }
 
 /// `r/{account}/{region}/` plus the cluster name.
 pub type ClusterKey = (String, String);
 
+/// What the service controller and cluster counts need to know of a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceSummary {
+    pub status: ServiceStatus,
+    pub scheduling_strategy: SchedulingStrategy,
+}
+
+/// A change the service controller reacts to, as the store watch delivered it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CacheChange {
+    /// A service record was written or deleted.
+    Service {
+        root: String,
+        cluster: String,
+        name: String,
+    },
+    /// A task of a service (group `service:NAME`) was written.
+    ServiceTask {
+        root: String,
+        cluster: String,
+        name: String,
+    },
+    /// A container instance was written or deleted: every service of the cluster may care.
+    Instance { root: String, cluster: String },
+}
+
+/// Changes that may wait for the service controller; a controller that falls further
+/// behind re-evaluates every service instead.
+const CHANGES_QUEUE_MAX: usize = 4096;
+
 #[derive(Default)]
 struct State {
     clusters: HashMap<ClusterKey, Arc<ClusterState>>,
+    services: HashMap<ClusterKey, BTreeMap<String, ServiceSummary>>,
 }
 
 pub struct StateCache {
     state: RwLock<State>,
     /// The newest store revision applied.
     applied: watch::Sender<Revision>,
+    changes: broadcast::Sender<CacheChange>,
 }
 
 enum Parsed<'a> {
@@ -82,6 +186,11 @@ enum Parsed<'a> {
         root: &'a str,
         cluster: &'a str,
         id: &'a str,
+    },
+    Service {
+        root: &'a str,
+        cluster: &'a str,
+        name: &'a str,
     },
 }
 
@@ -101,6 +210,11 @@ fn parse_key(key: &str) -> Option<Parsed<'_>> {
     match kind {
         "instance" => Some(Parsed::Instance { root, cluster, id }),
         "task" => Some(Parsed::Task { root, cluster, id }),
+        "service" => Some(Parsed::Service {
+            root,
+            cluster,
+            name: id,
+        }),
         _ => None,
     }
 }
@@ -110,7 +224,42 @@ impl StateCache {
         Self {
             state: RwLock::new(State::default()),
             applied: watch::channel(0).0,
+            changes: broadcast::channel(CHANGES_QUEUE_MAX).0,
         }
+    }
+
+    /// Changes to services, their tasks and the hosts, as they arrive from the store.
+    pub fn subscribe(&self) -> broadcast::Receiver<CacheChange> {
+        self.changes.subscribe()
+    }
+
+    /// Every service known, as `(root, cluster, name)`.
+    pub fn all_services(&self) -> Vec<(String, String, String)> {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        state
+            .services
+            .iter()
+            .flat_map(|((root, cluster), names)| {
+                names
+                    .keys()
+                    .map(|name| (root.clone(), cluster.clone(), name.clone()))
+            })
+            .collect()
+    }
+
+    /// The services of one cluster by name.
+    pub fn services(&self, root: &str, cluster: &str) -> BTreeMap<String, ServiceSummary> {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        state
+            .services
+            .get(&(root.to_owned(), cluster.to_owned()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn notify(&self, change: CacheChange) {
+        // No receiver (no controller running) is fine.
+        let _ = self.changes.send(change);
     }
 
     /// A consistent snapshot of one cluster (cheap: shared until the next change).
@@ -170,8 +319,53 @@ impl StateCache {
                     return;
                 };
                 self.put_task(root, cluster, id, &task, mod_revision);
+                if let Some(name) = task
+                    .group
+                    .as_deref()
+                    .and_then(|g| g.strip_prefix("service:"))
+                {
+                    self.notify(CacheChange::ServiceTask {
+                        root: root.to_owned(),
+                        cluster: cluster.to_owned(),
+                        name: name.to_owned(),
+                    });
+                }
+            }
+            Some(Parsed::Service {
+                root,
+                cluster,
+                name,
+            }) => {
+                let Ok(service) = serde_json::from_slice::<Service>(value) else {
+                    return;
+                };
+                {
+                    let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+                    let services = state
+                        .services
+                        .entry((root.to_owned(), cluster.to_owned()))
+                        .or_default();
+                    services.insert(
+                        name.to_owned(),
+                        ServiceSummary {
+                            status: service.status,
+                            scheduling_strategy: service.scheduling_strategy,
+                        },
+                    );
+                }
+                self.notify(CacheChange::Service {
+                    root: root.to_owned(),
+                    cluster: cluster.to_owned(),
+                    name: name.to_owned(),
+                });
             }
             None => {}
+        }
+        if let Some(Parsed::Instance { root, cluster, .. }) = parse_key(key) {
+            self.notify(CacheChange::Instance {
+                root: root.to_owned(),
+                cluster: cluster.to_owned(),
+            });
         }
     }
 
@@ -181,8 +375,7 @@ impl StateCache {
                 .get(id)
                 .is_none_or(|old| old.mod_revision < mod_revision)
             {
-                c.tasks
-                    .insert(id.to_owned(), TaskSummary::of(task, mod_revision));
+                c.set_task(id, Some(TaskSummary::of(task, mod_revision)));
             }
         });
     }
@@ -233,10 +426,29 @@ impl StateCache {
                     .get(id)
                     .is_some_and(|old| old.mod_revision < mod_revision)
                 {
-                    c.tasks.remove(id);
+                    c.set_task(id, None);
                 }
             }),
+            Some(Parsed::Service {
+                root,
+                cluster,
+                name,
+            }) => {
+                let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+                if let Some(services) = state
+                    .services
+                    .get_mut(&(root.to_owned(), cluster.to_owned()))
+                {
+                    services.remove(name);
+                }
+            }
             None => {}
+        }
+        if let Some(Parsed::Instance { root, cluster, .. }) = parse_key(key) {
+            self.notify(CacheChange::Instance {
+                root: root.to_owned(),
+                cluster: cluster.to_owned(),
+            });
         }
     }
 
@@ -344,5 +556,51 @@ mod tests {
         }
         assert!(parse_key("r/0/us-east-1/cluster/prod").is_none());
         assert!(parse_key("r/0/us-east-1/itask/prod/i/t").is_none());
+    }
+
+    fn summary(id: usize, instance: usize, group: usize, status: TaskStatus) -> TaskSummary {
+        TaskSummary {
+            id: format!("t{id}"),
+            arn: format!("arn:t{id}"),
+            instance_id: Some(format!("i{instance}")),
+            group: Some(format!("g{group}")),
+            family: "f".into(),
+            started_by: None,
+            last_status: status,
+            desired_status: DesiredStatus::Running,
+            launch_type: LaunchType::Ec2,
+            mod_revision: 1,
+        }
+    }
+
+    proptest::proptest! {
+        /// However tasks come, move and go, the per-host counts equal a recount.
+        #[test]
+        fn host_tasks_always_equal_a_recount(
+            changes in proptest::collection::vec(
+                (0usize..12, 0usize..4, 0usize..3, 0usize..4, proptest::bool::ANY),
+                1..200,
+            )
+        ) {
+            let statuses = [
+                TaskStatus::Pending,
+                TaskStatus::Running,
+                TaskStatus::Stopping,
+                TaskStatus::Stopped,
+            ];
+            let mut state = ClusterState::default();
+            for (id, instance, group, status, delete) in changes {
+                let task = (!delete).then(|| summary(id, instance, group, statuses[status]));
+                state.set_task(&format!("t{id}"), task);
+            }
+            let mut recount: OrdMap<String, HostTasks> = OrdMap::new();
+            for task in state.tasks.values().filter(|t| counts_on_host(t)) {
+                recount
+                    .entry(task.instance_id.clone().unwrap())
+                    .or_default()
+                    .add(task);
+            }
+            proptest::prop_assert_eq!(state.host_tasks, recount);
+        }
     }
 }

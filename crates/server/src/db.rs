@@ -110,6 +110,12 @@ impl Keys {
     pub fn setting(&self, principal: Option<&str>, name: &str) -> String {
         format!("{}setting/{}/{name}", self.root, principal.unwrap_or("~"))
     }
+    pub fn services(&self, cluster: &str) -> String {
+        format!("{}service/{cluster}/", self.root)
+    }
+    pub fn service(&self, cluster: &str, name: &str) -> String {
+        format!("{}service/{cluster}/{name}", self.root)
+    }
     pub fn run_task_token(&self, cluster: &str, token: &str) -> String {
         format!("{}token/runtask/{cluster}/{token}", self.root)
     }

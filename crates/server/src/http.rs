@@ -25,15 +25,19 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub credentials: Vec<Credentials>,
     pub account_id: String,
+    /// The image registry: `/v2/` and the ECR API's actions.
+    pub registry: Arc<flotilla_registry::Registry>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
+    let registry = state.registry.router();
     Router::new()
         .route("/", post(handle_api))
         .route("/metrics", get(handle_metrics))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(handle_not_found)
         .with_state(state)
+        .merge(registry)
 }
 
 const CONTENT_TYPE_JSON: &str = "application/x-amz-json-1.1";
@@ -81,6 +85,8 @@ async fn handle_metrics(State(state): State<Arc<AppState>>) -> Response<Body> {
 
 enum Target {
     Ecs(String),
+    /// The ECR API (`AmazonEC2ContainerRegistry_V20150921.*`), executed by the registry.
+    Ecr(String),
     Agent(AgentCall),
     /// Flotilla's own operator calls (`FlotillaV1.*`).
     Operator(String),
@@ -95,8 +101,13 @@ fn parse_target(value: Option<&HeaderValue>) -> Result<Target, ApiError> {
         .ok_or_else(|| ApiError::unknown_operation(target))?;
     if prefix == ECS_TARGET_PREFIX {
         Ok(Target::Ecs(name.to_owned()))
+    } else if prefix == flotilla_api::ecr::ECR_TARGET_PREFIX {
+        Ok(Target::Ecr(name.to_owned()))
     } else if prefix == flotilla_protocol::OPERATOR_TARGET_PREFIX
-        && matches!(name, "LocateTaskLogs" | "ExplainPlacement")
+        && matches!(
+            name,
+            "LocateTaskLogs" | "ExplainPlacement" | "ReclaimSpotCapacity"
+        )
     {
         Ok(Target::Operator(name.to_owned()))
     } else if prefix == flotilla_protocol::TARGET_PREFIX {
@@ -115,15 +126,21 @@ async fn handle_api(State(state): State<Arc<AppState>>, request: Request<Body>) 
     let target = parse_target(parts.headers.get("x-amz-target"));
     let action_name = match &target {
         Ok(Target::Ecs(name)) => name.clone(),
+        Ok(Target::Ecr(name)) => format!("ecr.{name}"),
         Ok(Target::Agent(call)) => format!("Agent.{}", call.name()),
         Ok(Target::Operator(name)) => format!("Flotilla.{name}"),
         Err(_) => "Unknown".to_owned(),
     };
     let result = async {
-        // Read the whole body (bounded) first: the signature covers it.
-        let body = to_bytes(body, REQUEST_BODY_BYTES_MAX)
+        // Read the whole body (bounded) first: the signature covers it. ECR's layer parts
+        // are bigger than any ECS request.
+        let limit = match &target {
+            Ok(Target::Ecr(_)) => flotilla_api::ecr::ECR_REQUEST_BODY_BYTES_MAX,
+            _ => REQUEST_BODY_BYTES_MAX,
+        };
+        let body = to_bytes(body, limit)
             .await
-            .map_err(|_| ApiError::payload_too_large(REQUEST_BODY_BYTES_MAX))?;
+            .map_err(|_| ApiError::payload_too_large(limit))?;
         let now_system = SystemTime::now();
         let now_millis = now_system
             .duration_since(UNIX_EPOCH)
@@ -140,12 +157,27 @@ async fn handle_api(State(state): State<Arc<AppState>>, request: Request<Body>) 
             &state.credentials.as_slice(),
             now,
         )?;
+        let access_key_id = verified.access_key_id.clone();
         let ctx = RequestContext {
             scope: Scope::new(verified.region, state.account_id.clone()),
             principal_arn: format!("arn:aws:iam::{}:root", state.account_id),
             now: Timestamp::from_millis(now_millis),
         };
         match target? {
+            Target::Ecr(name) => {
+                let ecr = flotilla_registry::EcrContext {
+                    scope: flotilla_registry::Scope::new(&state.account_id, &ctx.scope.region),
+                    access_key_id,
+                    registry_host: state.registry.host_for(&parts.headers),
+                    scheme: state.registry.scheme(),
+                    now_ms: now_millis,
+                };
+                state
+                    .registry
+                    .execute_ecr(&ecr, &name, &body)
+                    .await
+                    .map_err(ApiError::from)
+            }
             Target::Ecs(name) => {
                 let action = flotilla_api::action::parse(&name, &body)?;
                 state
@@ -158,6 +190,11 @@ async fn handle_api(State(state): State<Arc<AppState>>, request: Request<Body>) 
             Target::Operator(name) if name == "ExplainPlacement" => {
                 let request = flotilla_api::action::decode(&body)?;
                 let answer = state.engine.explain_placement(&ctx, request).await?;
+                Ok(flotilla_api::responses::encode(&answer))
+            }
+            Target::Operator(name) if name == "ReclaimSpotCapacity" => {
+                let request = flotilla_api::action::decode(&body)?;
+                let answer = state.engine.reclaim_spot_capacity(&ctx, request).await?;
                 Ok(flotilla_api::responses::encode(&answer))
             }
             Target::Operator(_) => state.agents.locate_task_logs(&ctx, &body).await,

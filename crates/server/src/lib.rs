@@ -11,6 +11,7 @@ pub mod http;
 pub mod janitor;
 pub mod metrics;
 pub mod placement;
+pub mod services;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -39,6 +40,9 @@ pub enum ServerError {
         address: SocketAddr,
         source: std::io::Error,
     },
+    /// The image registry's storage or key could not be opened.
+    #[error("registry: {0}")]
+    Registry(String),
     /// The credentials file in the data dir could not be read or written.
     #[error("credentials file {path}: {message}")]
     Credentials { path: String, message: String },
@@ -52,6 +56,8 @@ pub struct ServerConfig {
     pub heartbeat_interval: Duration,
     pub disconnect_timeout: Duration,
     pub engine: EngineConfig,
+    /// The image registry (default: blobs in memory, for in-process tests).
+    pub registry: flotilla_registry::RegistryConfig,
 }
 
 impl ServerConfig {
@@ -63,6 +69,7 @@ impl ServerConfig {
             heartbeat_interval: Duration::from_secs(5),
             disconnect_timeout: Duration::from_secs(30),
             engine: EngineConfig::default(),
+            registry: flotilla_registry::RegistryConfig::default(),
         }
     }
 }
@@ -121,18 +128,27 @@ pub async fn start(
         db::Db::new(store.clone()),
         config.engine.clone(),
         cache.clone(),
-    );
+    )
+    .with_shutdown(shutdown.clone());
     let agents = Arc::new(agents::Agents::new(
         engine.clone(),
         config.heartbeat_interval,
         config.disconnect_timeout,
     ));
+    let registry = flotilla_registry::Registry::open(
+        config.registry.clone(),
+        store.clone(),
+        config.credentials.clone(),
+        config.account_id.clone(),
+    )
+    .map_err(|e| ServerError::Registry(e.to_string()))?;
     let state = Arc::new(http::AppState {
         engine: engine.clone(),
         agents: agents.clone(),
         metrics: Arc::new(metrics::Metrics::new()),
         credentials: config.credentials.clone(),
         account_id: config.account_id.clone(),
+        registry: registry.clone(),
     });
     let app = http::router(state);
     let mut tasks = Vec::new();
@@ -151,6 +167,13 @@ pub async fn start(
         agents.run_change_router(store.clone(), shutdown.clone()),
     ));
     tasks.push(tokio::spawn(janitor::run(engine.clone(), shutdown.clone())));
+    tasks.push(tokio::spawn(registry.run_sweeper(shutdown.clone())));
+    // Subscribed before the cache loads, so the controller hears of every stored service.
+    tasks.push(tokio::spawn(services::run(
+        engine.clone(),
+        cache.subscribe(),
+        shutdown.clone(),
+    )));
     tasks.push(tokio::spawn(cache.run(store.clone(), shutdown.clone())));
     tracing::info!(%local_addr, "control plane listening");
     Ok(RunningServer {

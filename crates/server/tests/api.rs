@@ -1199,9 +1199,15 @@ async fn raw_protocol_errors_have_aws_shapes() {
         ),
         "{err:?}"
     );
-    let err = client.call::<_, serde_json::Value>("AmazonEC2ContainerServiceV20141113.RunTask", &serde_json::json!({"taskDefinition": "x", "networkConfiguration": {"awsvpcConfiguration": {"subnets": ["s"]}}})).await.unwrap_err();
+    let err = client
+        .call::<_, serde_json::Value>(
+            "AmazonEC2ContainerServiceV20141113.RunTask",
+            &serde_json::json!({"taskDefinition": "x", "volumeConfigurations": [{"name": "v"}]}),
+        )
+        .await
+        .unwrap_err();
     assert!(
-        matches!(err, flotilla_agent::ClientError::Refused { ref code, ref message, .. } if code == "UnsupportedFeatureException" && message.contains("networkConfiguration")),
+        matches!(err, flotilla_agent::ClientError::Refused { ref code, ref message, .. } if code == "UnsupportedFeatureException" && message.contains("volumeConfigurations")),
         "{err:?}"
     );
     let metrics = reqwest::get(format!("{}/metrics", t.endpoint))

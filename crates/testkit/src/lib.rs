@@ -60,6 +60,8 @@ pub struct FakeHost {
     pub zone: String,
     pub ec2_instance_id: String,
     pub attributes: Vec<(String, String)>,
+    /// Offer Fargate capacity (hidden from instance lists, runs FARGATE tasks only).
+    pub fargate_capacity: bool,
 }
 
 impl FakeHost {
@@ -71,6 +73,7 @@ impl FakeHost {
             zone: "zone-a".to_owned(),
             ec2_instance_id: format!("i-{}", &uuid_like()[..17]),
             attributes: Vec::new(),
+            fargate_capacity: false,
         }
     }
 }
@@ -136,6 +139,7 @@ impl FakeAgent {
                         ..Default::default()
                     },
                     agent_endpoint: None,
+                    fargate_capacity: host.fargate_capacity,
                 },
             )
             .await?;
@@ -164,7 +168,31 @@ impl FakeAgent {
         task_arn: &str,
         status: TaskStatus,
     ) -> Result<(), flotilla_agent::ClientError> {
-        report(&self.client, &self.container_instance_arn, task_arn, status).await
+        report(
+            &self.client,
+            &self.container_instance_arn,
+            task_arn,
+            status,
+            None,
+        )
+        .await
+    }
+
+    /// Like [`FakeAgent::report`], with the task's network (an awsvpc task).
+    pub async fn report_network(
+        &self,
+        task_arn: &str,
+        status: TaskStatus,
+        network: flotilla_model::task::TaskNetwork,
+    ) -> Result<(), flotilla_agent::ClientError> {
+        report(
+            &self.client,
+            &self.container_instance_arn,
+            task_arn,
+            status,
+            Some(network),
+        )
+        .await
     }
 
     /// Task ARNs this agent has been handed so far.
@@ -197,6 +225,7 @@ async fn report(
     instance_arn: &str,
     task_arn: &str,
     status: TaskStatus,
+    network: Option<flotilla_model::task::TaskNetwork>,
 ) -> Result<(), flotilla_agent::ClientError> {
     let at = now();
     let change = TaskStateChange {
@@ -212,6 +241,7 @@ async fn report(
         pull_stopped_at: Some(at),
         started_at: (status == TaskStatus::Running).then_some(at),
         execution_stopped_at: (status == TaskStatus::Stopped).then_some(at),
+        network,
         at,
     };
     let _: ReportResponse = client
@@ -269,7 +299,7 @@ async fn poll_loop(
                 _ => None,
             };
             if let Some(status) = next {
-                let _ = report(&client, &arn, &task.task_arn, status).await;
+                let _ = report(&client, &arn, &task.task_arn, status, None).await;
             }
         }
     }

@@ -163,6 +163,7 @@ pub fn task(id: &str, deployment: &str, definition: &str, host: &str, status: Ta
         },
         released: false,
         extra: BTreeMap::new(),
+        attachments: Vec::new(),
     }
 }
 
@@ -307,6 +308,7 @@ impl Sim {
                 tasks: &self.tasks,
                 hosts: &self.hosts,
                 now: self.now,
+                restart_delay_base_ms: flotilla_reconcile::THROTTLE_DELAY_BASE_MS,
             },
             self.seed,
         )
@@ -364,6 +366,7 @@ impl Sim {
                             message,
                             event_id,
                             self.now,
+                            flotilla_reconcile::THROTTLE_DELAY_BASE_MS,
                         );
                     }
                 }

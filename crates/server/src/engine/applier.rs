@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use flotilla_api::responses::{self, Failure, TasksResponse};
+use flotilla_api::responses::Failure;
 use flotilla_model::resources::Reservation;
 use flotilla_model::{ContainerInstance, ContainerInstanceStatus, EcsError, Task};
 use flotilla_scheduler::PlacementRequest;
@@ -24,7 +24,17 @@ const JOBS_PER_BATCH_MAX: usize = 64;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What one job placed (tasks) and could not place (failures), or why it was refused.
-type JobOutcome = Result<(Vec<Task>, Vec<Failure>), EcsError>;
+type JobOutcome = Result<Placed, EcsError>;
+
+/// What a placement job achieved.
+pub(crate) struct Placed {
+    pub tasks: Vec<Task>,
+    /// One per host that could not take a task, with ECS's reason (`RESOURCE:CPU`, ...).
+    pub failures: Vec<Failure>,
+    /// For a service's job that left tasks unplaced: the service event naming the
+    /// closest matching container instance.
+    pub unplaced_event: Option<String>,
+}
 
 /// An idempotency token to check and record with the placement.
 pub(crate) struct TokenSpec {
@@ -40,18 +50,23 @@ pub(crate) struct PlacementJob {
     pub launch: Launch,
     pub request: PlacementRequest,
     pub token: Option<TokenSpec>,
-    pub reply: oneshot::Sender<Result<TasksResponse, EcsError>>,
+    /// The service whose reconciler asked for this placement, if any.
+    pub service_name: Option<String>,
+    pub reply: oneshot::Sender<JobOutcome>,
 }
 
 impl Engine {
     /// Queues a placement on its cluster's applier and waits for the outcome.
-    pub(crate) async fn apply_placement(
-        &self,
-        job: PlacementJob,
-    ) -> Result<TasksResponse, EcsError> {
+    pub(crate) async fn apply_placement(&self, job: PlacementJob) -> JobOutcome {
         let cluster_key = job.ctx.keys().cluster(&job.cluster_name);
         let (reply, answer) = oneshot::channel();
         let mut job = PlacementJob { reply, ..job };
+        // Every launch type stays on its own capacity (FARGATE on Fargate-capacity hosts).
+        job.request
+            .constraints
+            .push(super::tasks::capacity_constraint(
+                job.launch.capacity.launch_type,
+            ));
         for _ in 0..2 {
             let sender = self.applier(&cluster_key);
             match sender.send(job).await {
@@ -86,9 +101,12 @@ impl Engine {
 
     async fn run_applier(self, mut receiver: mpsc::Receiver<PlacementJob>) {
         loop {
-            let first = match tokio::time::timeout(IDLE_TIMEOUT, receiver.recv()).await {
-                Ok(Some(job)) => job,
-                Ok(None) | Err(_) => return,
+            let first = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                received = tokio::time::timeout(IDLE_TIMEOUT, receiver.recv()) => match received {
+                    Ok(Some(job)) => job,
+                    Ok(None) | Err(_) => return,
+                },
             };
             let mut batch = vec![first];
             while batch.len() < JOBS_PER_BATCH_MAX {
@@ -102,10 +120,7 @@ impl Engine {
     }
 
     /// Answers a job whose token was used before, if it was.
-    async fn answer_from_token(
-        &self,
-        job: &PlacementJob,
-    ) -> Result<Option<TasksResponse>, EcsError> {
+    async fn answer_from_token(&self, job: &PlacementJob) -> Result<Option<Placed>, EcsError> {
         let Some(token) = &job.token else {
             return Ok(None);
         };
@@ -128,12 +143,13 @@ impl Engine {
                 .get::<Task>(&keys.task(&job.cluster_name, id))
                 .await?
             {
-                tasks.push(responses::task(&task.value, true));
+                tasks.push(task.value);
             }
         }
-        Ok(Some(TasksResponse {
+        Ok(Some(Placed {
             tasks,
             failures: Vec::new(),
+            unplaced_event: None,
         }))
     }
 
@@ -178,7 +194,7 @@ impl Engine {
             // places against them, seeing the placements of the jobs before it.
             let mut index = flotilla_scheduler::HostIndex::new(crate::placement::hosts(
                 instances.iter().map(|i| &i.value),
-                snapshot.tasks.values(),
+                &snapshot.host_tasks,
             ));
             let any_active = instances
                 .iter()
@@ -195,6 +211,14 @@ impl Engine {
                     continue;
                 }
                 let result = index.place(&job.request, rand::random());
+                let unplaced_event = match (&job.service_name, result.unplaced > 0) {
+                    (Some(service), true) => Some(flotilla_reconcile::placement_failure_event(
+                        service,
+                        index.hosts(),
+                        &result.rejections,
+                    )),
+                    _ => None,
+                };
                 let failures: Vec<Failure> = if result.unplaced > 0 {
                     result
                         .rejections
@@ -247,7 +271,11 @@ impl Engine {
                     txn.put(&token.key, &record);
                 }
                 created_all.extend(created.iter().cloned());
-                answers.push(Ok((created, failures)));
+                answers.push(Ok(Placed {
+                    tasks: created,
+                    failures,
+                    unplaced_event,
+                }));
             }
             let mut updated = Vec::with_capacity(touched.len());
             for (i, mut instance) in touched {
@@ -267,10 +295,6 @@ impl Engine {
                             .committed(&updated, &created_all, keys.root(), revision);
                     }
                     for (job, answer) in jobs.into_iter().zip(answers) {
-                        let answer = answer.map(|(created, failures)| TasksResponse {
-                            tasks: created.iter().map(|t| responses::task(t, true)).collect(),
-                            failures,
-                        });
                         let _ = job.reply.send(answer);
                     }
                     return;

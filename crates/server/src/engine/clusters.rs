@@ -2,8 +2,8 @@
 
 use flotilla_api::requests::*;
 use flotilla_api::responses::{
-    self, CapacityProviderView, ClusterCounts, ClusterInclude, ClusterResponse,
-    DescribeCapacityProvidersResponse, DescribeClustersResponse, Failure, ListItems, ListResponse,
+    self, ClusterCounts, ClusterInclude, ClusterResponse, DescribeClustersResponse, Failure,
+    ListItems, ListResponse,
 };
 use flotilla_model::cluster::{CapacityProviderStrategyItem, ClusterSetting};
 use flotilla_model::{
@@ -81,18 +81,20 @@ fn merge_settings(existing: &mut Vec<ClusterSetting>, incoming: &[ClusterSetting
     }
 }
 
+/// Checks capacity providers to associate with a cluster (built-in or created by the user,
+/// `custom`) and a default strategy over them.
 fn validate_capacity_providers(
     providers: &[String],
     strategy: &[CapacityProviderStrategyItem],
+    custom: &std::collections::BTreeSet<String>,
 ) -> Result<(), EcsError> {
     for provider in providers {
-        if !BUILT_IN_CAPACITY_PROVIDERS.contains(&provider.as_str()) {
+        if !BUILT_IN_CAPACITY_PROVIDERS.contains(&provider.as_str()) && !custom.contains(provider) {
             return Err(EcsError::invalid(format!(
-                "The capacity provider '{provider}' does not exist. Available: FARGATE, FARGATE_SPOT."
+                "The capacity provider '{provider}' does not exist. Available: FARGATE, FARGATE_SPOT and those made with CreateCapacityProvider."
             )));
         }
     }
-    let mut with_base = 0;
     for item in strategy {
         if !providers.contains(&item.capacity_provider) {
             return Err(EcsError::invalid(format!(
@@ -100,6 +102,17 @@ fn validate_capacity_providers(
                 item.capacity_provider
             )));
         }
+    }
+    validate_strategy_items(strategy)
+}
+
+/// The rules every capacity provider strategy follows: weights 0 to 1000, one base of 0 to
+/// 100000, at most 20 items, and Fargate and Auto Scaling group providers not mixed.
+pub(crate) fn validate_strategy_items(
+    strategy: &[CapacityProviderStrategyItem],
+) -> Result<(), EcsError> {
+    let mut with_base = 0;
+    for item in strategy {
         if !(0..=1000).contains(&item.weight) {
             return Err(EcsError::invalid(
                 "A capacity provider strategy weight must be between 0 and 1000.",
@@ -122,6 +135,15 @@ fn validate_capacity_providers(
     if strategy.len() > 20 {
         return Err(EcsError::invalid(
             "A capacity provider strategy can have at most 20 entries.",
+        ));
+    }
+    let fargate = strategy
+        .iter()
+        .filter(|i| BUILT_IN_CAPACITY_PROVIDERS.contains(&i.capacity_provider.as_str()))
+        .count();
+    if fargate > 0 && fargate < strategy.len() {
+        return Err(EcsError::invalid(
+            "A capacity provider strategy cannot contain a mix of capacity providers using Auto Scaling groups and Fargate providers. Specify one or the other and try again.",
         ));
     }
     Ok(())
@@ -159,14 +181,23 @@ impl Engine {
                 .instances
                 .values()
                 .filter(|i| {
-                    matches!(
-                        i.value.status,
-                        ContainerInstanceStatus::Active | ContainerInstanceStatus::Draining
-                    )
+                    !i.value.is_fargate_capacity()
+                        && matches!(
+                            i.value.status,
+                            ContainerInstanceStatus::Active | ContainerInstanceStatus::Draining
+                        )
                 })
                 .count() as u64,
             ..Default::default()
         };
+        // The snapshot waited for the store's revision, so the service list is as fresh.
+        for service in self.cache.services(ctx.keys().root(), cluster).values() {
+            match service.status {
+                flotilla_reconcile::ServiceStatus::Active => counts.active_ec2_services += 1,
+                flotilla_reconcile::ServiceStatus::Draining => counts.draining_ec2_services += 1,
+                flotilla_reconcile::ServiceStatus::Inactive => {}
+            }
+        }
         for task in snapshot.tasks.values() {
             let fargate = task.launch_type == LaunchType::Fargate;
             match task.last_status {
@@ -219,6 +250,7 @@ impl Engine {
         validate_capacity_providers(
             &request.capacity_providers,
             &request.default_capacity_provider_strategy,
+            &self.capacity_provider_names(ctx).await?,
         )?;
         let key = ctx.keys().cluster(&name);
         for _ in 0..CAS_RETRIES_MAX {
@@ -322,15 +354,26 @@ impl Engine {
             if cluster.value.status == ClusterStatus::Inactive {
                 return Err(EcsError::ClusterNotFound);
             }
+            let services = self
+                .db
+                .list::<flotilla_reconcile::Service>(&keys.services(&name))
+                .await?;
+            if services
+                .iter()
+                .any(|s| s.value.status != flotilla_reconcile::ServiceStatus::Inactive)
+            {
+                return Err(EcsError::ClusterContainsServices);
+            }
             let instances = self
                 .db
                 .list::<ContainerInstance>(&keys.instances(&name))
                 .await?;
             if instances.iter().any(|i| {
-                matches!(
-                    i.value.status,
-                    ContainerInstanceStatus::Active | ContainerInstanceStatus::Draining
-                )
+                !i.value.is_fargate_capacity()
+                    && matches!(
+                        i.value.status,
+                        ContainerInstanceStatus::Active | ContainerInstanceStatus::Draining
+                    )
             }) {
                 return Err(EcsError::ClusterContainsContainerInstances);
             }
@@ -427,54 +470,15 @@ impl Engine {
                 "defaultCapacityProviderStrategy is required.",
             ));
         };
-        validate_capacity_providers(&providers, &strategy)?;
+        validate_capacity_providers(
+            &providers,
+            &strategy,
+            &self.capacity_provider_names(ctx).await?,
+        )?;
         self.modify_cluster(ctx, &reference, |cluster| {
             cluster.capacity_providers = providers.clone();
             cluster.default_capacity_provider_strategy = strategy.clone();
         })
         .await
-    }
-
-    pub(crate) fn describe_capacity_providers(
-        &self,
-        ctx: &RequestContext,
-        request: DescribeCapacityProvidersRequest,
-    ) -> Result<DescribeCapacityProvidersResponse, EcsError> {
-        for include in &request.include {
-            if include != "TAGS" {
-                return Err(EcsError::invalid(format!(
-                    "Invalid include value '{include}'; accepted: TAGS."
-                )));
-            }
-        }
-        let view = |name: &str| CapacityProviderView {
-            capacity_provider_arn: ctx.scope.capacity_provider_arn(name),
-            name: name.to_owned(),
-            status: "ACTIVE",
-            tags: Vec::new(),
-            kind: if name == "FARGATE" {
-                "FARGATE"
-            } else {
-                "FARGATE_SPOT"
-            },
-        };
-        let mut providers = Vec::new();
-        let mut failures = Vec::new();
-        if request.capacity_providers.is_empty() {
-            providers.extend(BUILT_IN_CAPACITY_PROVIDERS.iter().map(|name| view(name)));
-        }
-        for reference in &request.capacity_providers {
-            let name = flotilla_model::arn::last_segment(reference);
-            if BUILT_IN_CAPACITY_PROVIDERS.contains(&name) {
-                providers.push(view(name));
-            } else {
-                failures.push(Failure::missing(reference.clone()));
-            }
-        }
-        Ok(DescribeCapacityProvidersResponse {
-            capacity_providers: providers,
-            failures,
-            next_token: None,
-        })
     }
 }

@@ -59,7 +59,7 @@ impl Engine {
             .values()
             .map(|i| &i.value)
             .filter(|i| i.status != ContainerInstanceStatus::Inactive);
-        let hosts = crate::placement::hosts(instances, snapshot.tasks.values());
+        let hosts = crate::placement::hosts(instances, &snapshot.host_tasks);
         let verdicts = flotilla_scheduler::explain(&hosts, &placement);
         let chosen = flotilla_scheduler::place(&hosts, &placement, 0)
             .placements

@@ -29,6 +29,8 @@ pub struct InstanceRegistration {
     pub version_info: VersionInfo,
     pub tags: Vec<Tag>,
     pub agent_endpoint: Option<String>,
+    /// The host offers Fargate capacity (hidden from the user's instance lists).
+    pub fargate_capacity: bool,
 }
 
 /// Parses RegisterContainerInstance's `totalResources`.
@@ -152,6 +154,16 @@ impl Engine {
                 instance.put_attribute(&attribute.name, attribute.value.clone());
             }
             flotilla_model::merge_tags(&mut instance.tags, &registration.tags);
+            {
+                use flotilla_model::container_instance::{CAPACITY_ATTRIBUTE, FARGATE_CAPACITY};
+                if registration.fargate_capacity {
+                    instance.capacity_provider_name = Some(FARGATE_CAPACITY.to_owned());
+                    instance.put_attribute(CAPACITY_ATTRIBUTE, Some(FARGATE_CAPACITY.to_owned()));
+                } else if instance.is_fargate_capacity() {
+                    instance.capacity_provider_name = None;
+                    instance.attributes.retain(|a| a.name != CAPACITY_ATTRIBUTE);
+                }
+            }
             // What is left = capacity minus what live tasks hold.
             let mut remaining = instance.registered.clone();
             if existing.is_some() {
@@ -221,6 +233,7 @@ impl Engine {
             version_info: request.version_info.unwrap_or_default(),
             tags: request.tags,
             agent_endpoint: None,
+            fargate_capacity: false,
         };
         let instance = self.register_instance(ctx, registration).await?;
         Ok(ContainerInstanceResponse {
@@ -296,8 +309,11 @@ impl Engine {
                 .get::<ContainerInstance>(&keys.instance(&cluster.value.name, id))
                 .await?
             {
-                Some(instance) => found.push(instance.value),
-                None => failures.push(Failure::missing(
+                // Fargate capacity is Flotilla's, not the user's: it is not shown.
+                Some(instance) if !instance.value.is_fargate_capacity() => {
+                    found.push(instance.value)
+                }
+                _ => failures.push(Failure::missing(
                     ctx.scope.container_instance_arn(&cluster.value.name, id),
                 )),
             }
@@ -344,6 +360,7 @@ impl Engine {
         let instances: Vec<ContainerInstance> = instances
             .into_iter()
             .map(|i| i.value)
+            .filter(|i| !i.is_fargate_capacity())
             .filter(|i| match status {
                 Some(wanted) => i.status == wanted,
                 None => i.status != ContainerInstanceStatus::Inactive,
@@ -355,7 +372,7 @@ impl Engine {
                     .with_counts(ctx, &cluster.value.name, instances)
                     .await?;
                 let snapshot = self.snapshot(ctx, &cluster.value.name).await?;
-                let hosts = crate::placement::hosts(&instances, snapshot.tasks.values());
+                let hosts = crate::placement::hosts(&instances, &snapshot.host_tasks);
                 instances
                     .into_iter()
                     .zip(hosts)

@@ -4,9 +4,11 @@
 
 mod applier;
 mod attributes;
+mod capacity_providers;
 mod clusters;
 mod explain;
 mod instances;
+mod services;
 mod settings;
 mod tags;
 mod task_definitions;
@@ -21,8 +23,9 @@ use flotilla_model::{Cluster, ClusterStatus, EcsError, Scope, Timestamp};
 
 use crate::db::{Db, Keys, TxnBuilder, Versioned};
 
+pub(crate) use applier::PlacementJob;
 pub use instances::InstanceRegistration;
-pub(crate) use tasks::RunTaskToken;
+pub(crate) use tasks::{Launch, RunTaskToken};
 pub use tasks::{apply_task_state_change, release_on_stop, request_stop};
 
 /// Who is calling, where, and when. Built by the HTTP shell from the verified signature.
@@ -47,6 +50,9 @@ pub struct EngineConfig {
     pub stopped_task_retention_ms: i64,
     /// How long a RunTask clientToken is remembered.
     pub client_token_retention_ms: i64,
+    /// The first gap of a service's restart throttle (doubled per failed start, capped at
+    /// 15 minutes). ECS: one second.
+    pub restart_delay_base_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -54,6 +60,7 @@ impl Default for EngineConfig {
         Self {
             stopped_task_retention_ms: 3_600_000,
             client_token_retention_ms: 8 * 3_600_000,
+            restart_delay_base_ms: flotilla_reconcile::THROTTLE_DELAY_BASE_MS,
         }
     }
 }
@@ -74,6 +81,8 @@ pub struct Engine {
             std::collections::HashMap<String, tokio::sync::mpsc::Sender<applier::PlacementJob>>,
         >,
     >,
+    /// Cancelled when the server stops: the appliers end with it.
+    pub(crate) shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// The cluster every call that names none uses, created on first use as in ECS.
@@ -89,7 +98,14 @@ impl Engine {
             cache,
             placement_locks: Default::default(),
             appliers: Default::default(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// The same engine, whose background work ends when `shutdown` is cancelled.
+    pub fn with_shutdown(mut self, shutdown: tokio_util::sync::CancellationToken) -> Self {
+        self.shutdown = shutdown;
+        self
     }
 
     /// The placement lock of one cluster.
@@ -134,7 +150,12 @@ impl Engine {
             A::PutClusterCapacityProviders(r) => {
                 encode(&self.put_cluster_capacity_providers(ctx, r).await?)
             }
-            A::DescribeCapacityProviders(r) => encode(&self.describe_capacity_providers(ctx, r)?),
+            A::DescribeCapacityProviders(r) => {
+                encode(&self.describe_capacity_providers(ctx, r).await?)
+            }
+            A::CreateCapacityProvider(r) => encode(&self.create_capacity_provider(ctx, r).await?),
+            A::UpdateCapacityProvider(r) => encode(&self.update_capacity_provider(ctx, r).await?),
+            A::DeleteCapacityProvider(r) => encode(&self.delete_capacity_provider(ctx, r).await?),
             A::RegisterTaskDefinition(r) => encode(&self.register_task_definition(ctx, r).await?),
             A::DescribeTaskDefinition(r) => encode(&self.describe_task_definition(ctx, r).await?),
             A::ListTaskDefinitions(r) => encode(&self.list_task_definitions(ctx, r).await?),
@@ -175,6 +196,11 @@ impl Engine {
                 encode(&self.put_account_setting(ctx, r, true).await?)
             }
             A::DeleteAccountSetting(r) => encode(&self.delete_account_setting(ctx, r).await?),
+            A::CreateService(r) => encode(&self.create_service(ctx, r).await?),
+            A::UpdateService(r) => encode(&self.update_service(ctx, r).await?),
+            A::DeleteService(r) => encode(&self.delete_service(ctx, r).await?),
+            A::DescribeServices(r) => encode(&self.describe_services(ctx, r).await?),
+            A::ListServices(r) => encode(&self.list_services(ctx, r).await?),
         })
     }
 

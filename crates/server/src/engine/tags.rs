@@ -32,6 +32,11 @@ impl Tagged for ContainerInstance {
         &mut self.tags
     }
 }
+impl Tagged for flotilla_reconcile::Service {
+    fn tags_mut(&mut self) -> &mut Vec<Tag> {
+        &mut self.tags
+    }
+}
 impl Tagged for TaskDefinition {
     fn tags_mut(&mut self) -> &mut Vec<Tag> {
         &mut self.tags
@@ -43,6 +48,7 @@ enum Target {
     Task(String),
     Instance(String),
     TaskDefinition(String),
+    Service(String),
 }
 
 fn not_found(arn: &str) -> EcsError {
@@ -70,6 +76,10 @@ fn target(ctx: &RequestContext, arn_text: &str) -> Result<Target, EcsError> {
         ArnResource::TaskDefinition { family, revision } => Ok(Target::TaskDefinition(
             keys.task_definition(&family, revision),
         )),
+        ArnResource::Service {
+            cluster_name: Some(cluster),
+            service_name,
+        } => Ok(Target::Service(keys.service(&cluster, &service_name))),
         ArnResource::Service { .. } => Err(EcsError::ServiceNotFound),
         _ => Err(EcsError::invalid(format!(
             "Resources of type '{arn_text}' cannot be tagged."
@@ -126,6 +136,14 @@ impl Engine {
             }
             Target::TaskDefinition(key) => {
                 self.modify_tags::<TaskDefinition>(&key, arn, false, change)
+                    .await
+            }
+            Target::Service(key) => {
+                match self.db.get::<flotilla_reconcile::Service>(&key).await? {
+                    Some(s) if s.value.status != flotilla_reconcile::ServiceStatus::Inactive => {}
+                    _ => return Err(EcsError::ServiceNotFound),
+                }
+                self.modify_tags::<flotilla_reconcile::Service>(&key, arn, false, change)
                     .await
             }
         }
@@ -202,6 +220,14 @@ impl Engine {
                     .get::<TaskDefinition>(&key)
                     .await?
                     .ok_or_else(|| not_found(arn))?
+                    .value
+                    .tags
+            }
+            Target::Service(key) => {
+                self.db
+                    .get::<flotilla_reconcile::Service>(&key)
+                    .await?
+                    .ok_or(EcsError::ServiceNotFound)?
                     .value
                     .tags
             }

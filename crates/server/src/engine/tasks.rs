@@ -8,7 +8,7 @@ use flotilla_api::responses::{
 };
 use flotilla_model::resources::Reservation;
 use flotilla_model::task::Container;
-use flotilla_model::task_definition::{NetworkMode, TaskDefinitionStatus};
+use flotilla_model::task_definition::TaskDefinitionStatus;
 use flotilla_model::validate::{task_demand, validate_overrides};
 use flotilla_model::{
     ContainerInstance, ContainerInstanceStatus, DesiredStatus, EcsError, HealthStatus, LaunchType,
@@ -38,6 +38,7 @@ pub(crate) struct RunTaskToken {
 }
 
 /// A validated placement request shared by RunTask and StartTask.
+#[derive(Clone)]
 pub(crate) struct Launch {
     pub(crate) task_definition: TaskDefinition,
     pub(crate) overrides: TaskOverride,
@@ -45,6 +46,117 @@ pub(crate) struct Launch {
     pub(crate) started_by: Option<String>,
     pub(crate) tags: Vec<Tag>,
     pub(crate) enable_execute_command: bool,
+    /// Which capacity the tasks run on (EC2 instances by default) and their network.
+    pub(crate) capacity: LaunchCapacity,
+}
+
+/// Where a launch's tasks run: the launch type, the capacity provider that was chosen, and
+/// the subnet of an awsvpc task's network interface.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct LaunchCapacity {
+    pub(crate) launch_type: LaunchType,
+    pub(crate) capacity_provider_name: Option<String>,
+    /// `Some` for awsvpc tasks: the subnet their interface is in.
+    pub(crate) subnet_id: Option<String>,
+}
+
+/// ECS's answer when no Fargate capacity can take a task.
+pub(crate) const FARGATE_CAPACITY_UNAVAILABLE: &str = "Capacity is unavailable at this time. Please try again later or in a different availability zone";
+
+/// The placement constraint that keeps each launch type on its own capacity: FARGATE tasks
+/// only on Fargate-capacity hosts, every other task only on the user's instances.
+pub(crate) fn capacity_constraint(launch_type: LaunchType) -> Constraint {
+    use flotilla_model::container_instance::{CAPACITY_ATTRIBUTE, FARGATE_CAPACITY};
+    let operator = if launch_type == LaunchType::Fargate {
+        "=="
+    } else {
+        "!="
+    };
+    let expression = format!("attribute:{CAPACITY_ATTRIBUTE} {operator} {FARGATE_CAPACITY}");
+    parse_constraint(Some("memberOf"), Some(&expression))
+        .expect("the capacity constraint is a valid expression")
+}
+
+/// One part of a RunTask: `count` tasks of one launch type and capacity provider.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct LaunchPart {
+    launch_type: LaunchType,
+    capacity_provider_name: Option<String>,
+    count: u32,
+}
+
+/// Splits a RunTask over launch types and capacity providers: the launchType given, else
+/// the strategy given, else the cluster's default strategy, else EC2.
+fn launch_parts(
+    launch_type: Option<&str>,
+    strategy: &[flotilla_model::CapacityProviderStrategyItem],
+    cluster: &flotilla_model::Cluster,
+    count: u32,
+) -> Result<Vec<LaunchPart>, EcsError> {
+    use flotilla_model::capacity;
+    match launch_type {
+        Some("FARGATE") => {
+            return Ok(vec![LaunchPart {
+                launch_type: LaunchType::Fargate,
+                capacity_provider_name: None,
+                count,
+            }]);
+        }
+        Some(_) => {
+            return Ok(vec![LaunchPart {
+                launch_type: LaunchType::Ec2,
+                capacity_provider_name: None,
+                count,
+            }]);
+        }
+        None => {}
+    }
+    let strategy = if strategy.is_empty() {
+        &cluster.default_capacity_provider_strategy[..]
+    } else {
+        super::clusters::validate_strategy_items(strategy)?;
+        for item in strategy {
+            if !cluster.capacity_providers.contains(&item.capacity_provider) {
+                return Err(EcsError::invalid(format!(
+                    "The specified capacity provider strategy cannot contain a capacity provider that is not associated with the cluster: '{}'. Associate it with PutClusterCapacityProviders first.",
+                    item.capacity_provider
+                )));
+            }
+        }
+        strategy
+    };
+    if strategy.is_empty() {
+        return Ok(vec![LaunchPart {
+            launch_type: LaunchType::Ec2,
+            capacity_provider_name: None,
+            count,
+        }]);
+    }
+    if let Some(item) = strategy
+        .iter()
+        .find(|i| !capacity::is_fargate(&i.capacity_provider))
+    {
+        return Err(EcsError::UnsupportedFeature(format!(
+            "Flotilla does not place tasks on Auto Scaling group capacity providers ('{}') yet; use FARGATE, FARGATE_SPOT or launchType EC2.",
+            item.capacity_provider
+        )));
+    }
+    let split = capacity::split_by_strategy(strategy, &vec![0; strategy.len()], count);
+    if split.iter().sum::<u32>() < count {
+        return Err(EcsError::invalid(
+            "The capacity provider strategy places no tasks beyond its base: give at least one capacity provider a weight greater than 0.",
+        ));
+    }
+    Ok(strategy
+        .iter()
+        .zip(split)
+        .filter(|(_, n)| *n > 0)
+        .map(|(item, n)| LaunchPart {
+            launch_type: LaunchType::Fargate,
+            capacity_provider_name: Some(item.capacity_provider.clone()),
+            count: n,
+        })
+        .collect())
 }
 
 /// The members RunTask and StartTask share.
@@ -78,12 +190,6 @@ impl Engine {
                 "TaskDefinition is inactive: {} can no longer start new tasks.",
                 td.value.task_definition_arn
             )));
-        }
-        if td.value.spec.network_mode == NetworkMode::Awsvpc {
-            return Err(EcsError::UnsupportedFeature(
-                "Flotilla does not support the awsvpc network mode yet (it comes with the Fargate launch type)."
-                    .to_owned(),
-            ));
         }
         let overrides = overrides.unwrap_or_default();
         validate_overrides(&td.value, &overrides)?;
@@ -124,7 +230,38 @@ impl Engine {
             started_by,
             tags,
             enable_execute_command: enable_execute_command.unwrap_or(false),
+            capacity: LaunchCapacity::default(),
         })
+    }
+
+    /// Fills in a launch's capacity: checks the definition runs on Fargate when asked to,
+    /// and the network configuration against its network mode.
+    pub(crate) fn with_capacity(
+        mut launch: Launch,
+        launch_type: LaunchType,
+        capacity_provider_name: Option<String>,
+        network_configuration: Option<&flotilla_model::NetworkConfiguration>,
+    ) -> Result<Launch, EcsError> {
+        let fargate = launch_type == LaunchType::Fargate;
+        if fargate
+            && let Some(problem) = flotilla_model::validate::fargate_launch_problem(
+                &launch.task_definition,
+                &launch.overrides,
+            )
+        {
+            return Err(EcsError::invalid(problem));
+        }
+        let awsvpc = flotilla_model::validate::validate_network_configuration(
+            launch.task_definition.spec.network_mode,
+            fargate,
+            network_configuration,
+        )?;
+        launch.capacity = LaunchCapacity {
+            launch_type,
+            capacity_provider_name,
+            subnet_id: awsvpc.and_then(|a| a.subnets.first().cloned()),
+        };
+        Ok(launch)
     }
 
     pub(crate) async fn run_task(
@@ -139,7 +276,6 @@ impl Engine {
                 "count must be between 1 and {TASKS_PER_RUN_TASK_MAX}; got {count}."
             )));
         }
-        refuse_unsupported(&request.network_configuration, "networkConfiguration")?;
         refuse_unsupported(&request.volume_configurations, "volumeConfigurations")?;
         if request.launch_type.is_some() && !request.capacity_provider_strategy.is_empty() {
             return Err(EcsError::invalid(
@@ -147,10 +283,10 @@ impl Engine {
             ));
         }
         match request.launch_type.as_deref() {
-            None | Some("EC2") => {}
-            Some("FARGATE" | "EXTERNAL" | "MANAGED_INSTANCES") => {
+            None | Some("EC2" | "FARGATE") => {}
+            Some("EXTERNAL" | "MANAGED_INSTANCES") => {
                 return Err(EcsError::UnsupportedFeature(format!(
-                    "Flotilla does not support the {} launch type yet; use EC2.",
+                    "Flotilla does not support the {} launch type yet; use EC2 or FARGATE.",
                     request.launch_type.as_deref().unwrap_or_default()
                 )));
             }
@@ -159,16 +295,6 @@ impl Engine {
                     "Invalid launchType '{other}'; accepted: EC2, FARGATE, EXTERNAL, MANAGED_INSTANCES."
                 )));
             }
-        }
-        if request.platform_version.is_some() {
-            return Err(EcsError::invalid(
-                "platformVersion applies only to tasks using the FARGATE launch type.",
-            ));
-        }
-        if !request.capacity_provider_strategy.is_empty() {
-            return Err(EcsError::UnsupportedFeature(
-                "Flotilla does not support capacityProviderStrategy on RunTask yet; use launchType EC2.".to_owned(),
-            ));
         }
         if let Some(token) = &request.client_token
             && (token.is_empty() || token.len() > 64)
@@ -209,6 +335,23 @@ impl Engine {
                 constraint.expression.as_deref(),
             )?);
         }
+        let parts = launch_parts(
+            request.launch_type.as_deref(),
+            &request.capacity_provider_strategy,
+            &cluster.value,
+            count as u32,
+        )?;
+        let fargate = parts.iter().any(|p| p.launch_type == LaunchType::Fargate);
+        if fargate && (!constraints.is_empty() || !strategies.is_empty()) {
+            return Err(EcsError::invalid(
+                "Task placement constraints and strategies are not supported for tasks using the FARGATE launch type or Fargate capacity providers.",
+            ));
+        }
+        if !fargate && request.platform_version.is_some() {
+            return Err(EcsError::invalid(
+                "platformVersion applies only to tasks using the FARGATE launch type.",
+            ));
+        }
         let launch = Self::validate_launch_common(
             &td,
             LaunchInput {
@@ -224,38 +367,115 @@ impl Engine {
                     .then_some(cluster_name.as_str()),
             },
         )?;
+        // Validate every part before placing any.
+        let mut launches = Vec::with_capacity(parts.len());
+        for part in &parts {
+            launches.push(Self::with_capacity(
+                launch.clone(),
+                part.launch_type,
+                part.capacity_provider_name.clone(),
+                request.network_configuration.as_ref(),
+            )?);
+        }
+        let snapshot = self.snapshot(ctx, &cluster_name).await?;
+        let active = |fargate: bool| {
+            snapshot.instances.values().any(|i| {
+                i.value.status == ContainerInstanceStatus::Active
+                    && i.value.is_fargate_capacity() == fargate
+            })
+        };
+        if parts.iter().any(|p| p.launch_type != LaunchType::Fargate) && !active(false) {
+            return Err(EcsError::invalid(
+                "No Container Instances were found in your cluster.",
+            ));
+        }
+        let fargate_available = active(true);
+        let hidden: std::collections::BTreeSet<String> = snapshot
+            .instances
+            .values()
+            .filter(|i| i.value.is_fargate_capacity())
+            .map(|i| i.value.arn.clone())
+            .collect();
+        drop(snapshot);
         let keys = ctx.keys();
-        let token_key = request
-            .client_token
-            .as_deref()
-            .map(|t| keys.run_task_token(&cluster_name, t));
         let fingerprint = format!(
-            "{reference}|{count}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+            "{reference}|{count}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
             request.group,
             request.started_by,
             request.tags,
             request.overrides,
             request.placement_constraints,
             request.placement_strategy,
-            request.launch_type
+            request.launch_type,
+            request.capacity_provider_strategy,
+            request.network_configuration,
         );
-        let placement_request = PlacementRequest {
-            demand: task_demand(&launch.task_definition, &launch.overrides),
-            count: count as usize,
-            group: launch.group.clone(),
-            constraints,
-            strategies,
+        let mut answer = TasksResponse {
+            tasks: Vec::new(),
+            failures: Vec::new(),
         };
-        self.apply_placement(super::applier::PlacementJob {
-            ctx: ctx.clone(),
-            cluster_arn: cluster.value.arn.clone(),
-            cluster_name,
-            launch,
-            request: placement_request,
-            token: token_key.map(|key| super::applier::TokenSpec { key, fingerprint }),
-            reply: tokio::sync::oneshot::channel().0,
-        })
-        .await
+        for (index, (part, launch)) in parts.iter().zip(launches).enumerate() {
+            let fargate = part.launch_type == LaunchType::Fargate;
+            if fargate && !fargate_available {
+                answer.failures.push(Failure::new(
+                    cluster.value.arn.clone(),
+                    FARGATE_CAPACITY_UNAVAILABLE,
+                ));
+                continue;
+            }
+            // Each part remembers the token under its own key.
+            let token_key = request.client_token.as_deref().map(|t| {
+                let t = if index == 0 {
+                    t.to_owned()
+                } else {
+                    format!("{t}#{index}")
+                };
+                keys.run_task_token(&cluster_name, &t)
+            });
+            let placement_request = PlacementRequest {
+                demand: task_demand(&launch.task_definition, &launch.overrides),
+                count: part.count as usize,
+                group: launch.group.clone(),
+                constraints: constraints.clone(),
+                strategies: strategies.clone(),
+            };
+            let placed = self
+                .apply_placement(super::applier::PlacementJob {
+                    ctx: ctx.clone(),
+                    cluster_arn: cluster.value.arn.clone(),
+                    cluster_name: cluster_name.clone(),
+                    launch,
+                    request: placement_request,
+                    token: token_key.map(|key| super::applier::TokenSpec {
+                        key,
+                        fingerprint: fingerprint.clone(),
+                    }),
+                    service_name: None,
+                    reply: tokio::sync::oneshot::channel().0,
+                })
+                .await?;
+            let unplaced = placed.tasks.len() < part.count as usize;
+            answer
+                .tasks
+                .extend(placed.tasks.iter().map(|t| responses::task(t, true)));
+            if fargate {
+                if unplaced {
+                    answer.failures.push(Failure::new(
+                        cluster.value.arn.clone(),
+                        FARGATE_CAPACITY_UNAVAILABLE,
+                    ));
+                }
+            } else {
+                // Fargate capacity is not the user's to see.
+                answer.failures.extend(
+                    placed
+                        .failures
+                        .into_iter()
+                        .filter(|f| f.arn.as_ref().is_none_or(|arn| !hidden.contains(arn))),
+                );
+            }
+        }
+        Ok(answer)
     }
 
     /// The transaction that creates tasks at their placements, reserving on each host only
@@ -310,7 +530,6 @@ impl Engine {
         request: StartTaskRequest,
     ) -> Result<TasksResponse, EcsError> {
         let reference = required(&request.task_definition, "taskDefinition")?.to_owned();
-        refuse_unsupported(&request.network_configuration, "networkConfiguration")?;
         refuse_unsupported(&request.volume_configurations, "volumeConfigurations")?;
         if request.container_instances.is_empty() || request.container_instances.len() > 10 {
             return Err(EcsError::invalid(
@@ -334,6 +553,12 @@ impl Engine {
                     .unwrap_or(false)
                     .then_some(cluster_name.as_str()),
             },
+        )?;
+        let launch = Self::with_capacity(
+            launch,
+            LaunchType::Ec2,
+            None,
+            request.network_configuration.as_ref(),
         )?;
         let keys = ctx.keys();
         let demand = task_demand(&launch.task_definition, &launch.overrides);
@@ -361,7 +586,8 @@ impl Engine {
                     .await?
                 {
                     Some(instance)
-                        if instance.value.status != ContainerInstanceStatus::Inactive =>
+                        if instance.value.status != ContainerInstanceStatus::Inactive
+                            && !instance.value.is_fargate_capacity() =>
                     {
                         wanted.push((instances.len(), instance.value.arn.clone()));
                         instances.push(instance);
@@ -530,11 +756,11 @@ impl Engine {
         let after = super::decode_token(request.next_token.as_deref(), &token_prefix)?
             .map(|key| key[token_prefix.len()..].to_owned());
         let range = match &after {
-            Some(id) => snapshot.tasks.range::<String, _>((
+            Some(id) => snapshot.tasks.range::<_, String>((
                 std::ops::Bound::Excluded(id.clone()),
                 std::ops::Bound::Unbounded,
             )),
-            None => snapshot.tasks.range::<String, _>(..),
+            None => snapshot.tasks.range::<_, String>(..),
         };
         let tasks = range
             .map(|(_, t)| t)
@@ -640,8 +866,8 @@ pub(crate) fn new_task(
         revision: td.revision,
         container_instance_id: Some(instance.id.clone()),
         container_instance_arn: Some(instance.arn.clone()),
-        launch_type: LaunchType::Ec2,
-        capacity_provider_name: None,
+        launch_type: launch.capacity.launch_type,
+        capacity_provider_name: launch.capacity.capacity_provider_name.clone(),
         availability_zone: zone,
         last_status: TaskStatus::Provisioning,
         desired_status: DesiredStatus::Running,
@@ -684,7 +910,18 @@ pub(crate) fn new_task(
         reservation,
         released: false,
         extra: Default::default(),
+        attachments: launch
+            .capacity
+            .subnet_id
+            .as_deref()
+            .map(|subnet| vec![flotilla_model::Attachment::eni(attachment_id(), subnet)])
+            .unwrap_or_default(),
     }
+}
+
+/// An attachment id, as ECS gives them (a UUID with dashes).
+fn attachment_id() -> String {
+    uuid::Uuid::new_v4().to_string()
 }
 
 /// Marks a task as wanted STOPPED (the agent does the stopping). Idempotent.
@@ -780,6 +1017,21 @@ pub fn apply_task_state_change(task: &mut Task, change: &TaskStateChange) -> boo
     }
     if task.started_at.is_none() {
         task.started_at = change.started_at;
+    }
+    if let Some(network) = &change.network {
+        for attachment in &mut task.attachments {
+            if attachment.kind == flotilla_model::task::ENI_ATTACHMENT
+                && attachment.status == "PRECREATED"
+            {
+                attachment.attach(network);
+            }
+        }
+    }
+    if task.last_status == TaskStatus::Stopped {
+        // The interface goes with the task.
+        for attachment in &mut task.attachments {
+            attachment.status = "DELETED".to_owned();
+        }
     }
     let changed = *task != before;
     if changed {
