@@ -1175,7 +1175,7 @@ async fn raw_protocol_errors_have_aws_shapes() {
     );
     let err = client
         .call::<_, serde_json::Value>(
-            "AmazonEC2ContainerServiceV20141113.CreateService",
+            "AmazonEC2ContainerServiceV20141113.CreateTaskSet",
             &serde_json::json!({}),
         )
         .await
