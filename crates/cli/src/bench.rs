@@ -449,11 +449,14 @@ async fn bench_launch(iterations: usize) -> anyhow::Result<()> {
 
 /// The service's RUNNING tasks (desired RUNNING, last status RUNNING) with their task
 /// definitions.
+/// A RUNNING task of a service: its ARN, task definition ARN, and whether it is HEALTHY.
+type RunningTask = (String, String, bool);
+
 async fn running_service_tasks(
     client: &ServerClient,
     cluster: &str,
     service: &str,
-) -> anyhow::Result<Vec<(String, String)>> {
+) -> anyhow::Result<Vec<RunningTask>> {
     let listed = call(
         client,
         "ListTasks",
@@ -477,6 +480,7 @@ async fn running_service_tasks(
                         .as_str()
                         .unwrap_or_default()
                         .to_owned(),
+                    task["healthStatus"] == "HEALTHY",
                 ));
             }
         }
@@ -504,7 +508,7 @@ async fn wait_service_stable(
             .is_some_and(|d| d.len() == 1);
         if one {
             let running = running_service_tasks(client, cluster, service).await?;
-            if running.len() == desired && running.iter().all(|(_, td)| td.ends_with(revision)) {
+            if running.len() == desired && running.iter().all(|(_, td, _)| td.ends_with(revision)) {
                 return Ok(());
             }
         }
@@ -539,7 +543,10 @@ async fn bench_service(tasks: u32, kills: usize) -> anyhow::Result<()> {
         call(
             &client,
             "RegisterTaskDefinition",
-            json!({"family": "svc", "containerDefinitions": [{"name": "main", "image": image, "memory": 8, "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"], "stopTimeout": 2, "environment": [{"name": "REVISION", "value": revision}]}]}),
+            json!({"family": "svc", "containerDefinitions": [{"name": "main", "image": image, "memory": 8, "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"], "stopTimeout": 2, "environment": [{"name": "REVISION", "value": revision}],
+                // A health check, so a task proves itself once HEALTHY (~5 s) rather than
+                // after 40 s RUNNING: a death before that is a failed start, throttled.
+                "healthCheck": {"command": ["CMD-SHELL", "true"], "interval": 5, "timeout": 2, "retries": 1}}]}),
         )
         .await?;
     }
@@ -574,8 +581,21 @@ async fn bench_service(tasks: u32, kills: usize) -> anyhow::Result<()> {
         );
         let mut replacements = Vec::with_capacity(kills);
         for _ in 0..kills {
-            let before = running_service_tasks(&client, &cluster, "bench").await?;
-            let (victim, _) = before.first().cloned().ok_or_else(|| anyhow::anyhow!("no task"))?;
+            // The victim is a task that proved itself (HEALTHY), as a long-running task
+            // that crashes would have: its replacement is not held back by the throttle.
+            let waited = Instant::now();
+            let (before, victim) = loop {
+                let before = running_service_tasks(&client, &cluster, "bench").await?;
+                if let Some((victim, _, _)) = before.iter().find(|(_, _, healthy)| *healthy) {
+                    let victim = victim.clone();
+                    break (before, victim);
+                }
+                anyhow::ensure!(
+                    waited.elapsed() < Duration::from_secs(60),
+                    "no task of the service became HEALTHY"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
             let ids = tokio::process::Command::new("docker")
                 .args(["ps", "-q", "--filter", &format!("label=com.flotilla.task-arn={victim}")])
                 .output()
@@ -595,7 +615,7 @@ async fn bench_service(tasks: u32, kills: usize) -> anyhow::Result<()> {
                 let now = running_service_tasks(&client, &cluster, "bench").await?;
                 let fresh = now
                     .iter()
-                    .any(|(arn, _)| !before.iter().any(|(b, _)| b == arn));
+                    .any(|(arn, _, _)| !before.iter().any(|(b, _, _)| b == arn));
                 if fresh && now.len() == tasks as usize {
                     break;
                 }

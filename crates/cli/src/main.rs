@@ -147,6 +147,16 @@ struct ServerArgs {
     /// start; it doubles with each failure in a row, up to 15 minutes (ECS: 1000).
     #[arg(long, default_value_t = 1000)]
     service_restart_delay_ms: u64,
+    /// PEM certificate chain for HTTPS (default: DIR/tls/cert.pem, signed by the CA
+    /// DIR/tls/ca.pem, both generated on first start).
+    #[arg(long, env = "FLOTILLA_TLS_CERTIFICATE", requires = "tls_key")]
+    tls_certificate: Option<PathBuf>,
+    /// PEM private key of --tls-certificate.
+    #[arg(long, env = "FLOTILLA_TLS_KEY", requires = "tls_certificate")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP only (HTTPS is served on the same port otherwise).
+    #[arg(long, conflicts_with_all = ["tls_certificate", "tls_key"])]
+    no_tls: bool,
 }
 
 #[derive(Args, Clone)]
@@ -362,6 +372,7 @@ async fn run_up(
         credentials.access_key_id, credentials.secret_access_key
     );
     let _ = writeln!(std::io::stdout(), "{banner}");
+    print_https_note(&args, &server);
     let shutdown = server.shutdown_token();
     let agent_shutdown = shutdown.child_token();
     let fargate_agent = tokio::spawn(flotilla_agent::run(
@@ -442,6 +453,7 @@ async fn start_server(args: &ServerArgs) -> anyhow::Result<flotilla_server::Runn
         config.registry.key = flotilla_registry::KeyConfig::Hex(key.clone());
     }
     config.engine.restart_delay_base_ms = args.service_restart_delay_ms.max(1);
+    config.tls = tls_source(args);
     let server = flotilla_server::start(config, store).await?;
     let endpoint_file = EndpointFile {
         endpoint: server.endpoint(),
@@ -452,6 +464,42 @@ async fn start_server(args: &ServerArgs) -> anyhow::Result<flotilla_server::Runn
         serde_json::to_vec_pretty(&endpoint_file)?,
     )?;
     Ok(server)
+}
+
+/// Tells the operator where HTTPS is and which certificate clients should trust.
+fn print_https_note(args: &ServerArgs, server: &flotilla_server::RunningServer) {
+    if let Some(https) = server.https_endpoint() {
+        let trust = match &args.tls_certificate {
+            Some(certificate) => certificate.display().to_string(),
+            None => args
+                .data_dir
+                .join("tls")
+                .join("ca.pem")
+                .display()
+                .to_string(),
+        };
+        eprintln!("HTTPS on the same port ({https}); clients trust it with {trust}");
+    }
+}
+
+/// Where HTTPS gets its certificate: the operator's files, or a set generated in the data
+/// dir that covers the listen address and the registry host.
+fn tls_source(args: &ServerArgs) -> Option<flotilla_server::tls::TlsSource> {
+    if args.no_tls {
+        return None;
+    }
+    if let (Some(certificate), Some(key)) = (&args.tls_certificate, &args.tls_key) {
+        return Some(flotilla_server::tls::TlsSource::Files {
+            certificate: certificate.clone(),
+            key: key.clone(),
+        });
+    }
+    let mut names = vec![args.listen.ip().to_string()];
+    names.extend(args.registry_host.clone());
+    Some(flotilla_server::tls::TlsSource::Generated {
+        directory: args.data_dir.join("tls"),
+        names,
+    })
 }
 
 /// Reads a task's logs through the agent that runs it.
@@ -623,6 +671,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         "Point AWS clients here with:  eval \"$(flotilla env --data-dir {})\"",
         args.data_dir.display()
     );
+    print_https_note(&args, &server);
     let token = server.shutdown_token();
     tokio::spawn(async move {
         shutdown_signal().await;

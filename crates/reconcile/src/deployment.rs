@@ -5,7 +5,8 @@
 //! ```text
 //!  task of deployment D observed STOPPED
 //!        |
-//!        +-- start failure, not yet in D.accounted_task_ids? --no--> nothing
+//!        +-- start failure (not proven before it stopped), not yet in
+//!        |   D.accounted_task_ids? --no--> nothing
 //!        |
 //!        yes: remember its id, consecutive_failures += 1,
 //!        |    next_start_at = stopped_at + backoff
@@ -104,15 +105,16 @@ pub(crate) fn account(service: &mut Service, tasks: &[Task], now: Timestamp, bas
         }
 
         for task in &newly_stopped {
-            // Only failures act, so only they need remembering.
-            if !health::is_start_failure(task) {
+            // Only failures act, so only they need remembering. A task that had proven
+            // itself (healthy, or up for 40 s) and then died is not a failed start: it is
+            // replaced at once, as ECS replaces a task that crashes after running for hours.
+            if !health::is_start_failure(task) || health::is_proven(task, now) {
                 continue;
             }
             deployment.accounted_task_ids.insert(task.id.clone());
             throttle(deployment, 1, task.stopped_at.unwrap_or(now), base_ms);
-            let counts_for_breaker = deployment.rollout_state == RolloutState::InProgress
-                && !deployment.proven
-                && !health::is_proven(task, now);
+            let counts_for_breaker =
+                deployment.rollout_state == RolloutState::InProgress && !deployment.proven;
             if counts_for_breaker {
                 deployment.failed_tasks = deployment.failed_tasks.saturating_add(1);
             }

@@ -143,16 +143,33 @@ fn keeps_the_desired_count() {
         row(
             "a task that failed a moment ago waits for the restart throttle",
             service(2),
-            vec![
-                running("t1", "host-0"),
-                stopped(
+            vec![running("t1", "host-0"), {
+                // Up for 4 s only: a failed start, not a proven task.
+                let mut t = stopped(
                     running("t2", "host-1"),
                     TaskStopCode::EssentialContainerExited,
                     T0.plus_seconds(59),
-                ),
-            ],
+                );
+                t.started_at = Some(T0.plus_seconds(55));
+                t
+            }],
         )
         .requeue(1_000),
+        row(
+            "a task that died after proving itself is replaced at once, without the throttle",
+            service(2),
+            vec![running("t1", "host-0"), {
+                let mut t = stopped(
+                    running("t2", "host-1"),
+                    TaskStopCode::EssentialContainerExited,
+                    T0.plus_seconds(59),
+                );
+                t.started_at = Some(T0);
+                t
+            }],
+        )
+        .at(60)
+        .expect(&["start 1 D1"]),
         row(
             "a task stopping on its own is replaced",
             service(2),

@@ -9,9 +9,11 @@ pub mod db;
 pub mod engine;
 pub mod http;
 pub mod janitor;
+pub mod listener;
 pub mod metrics;
 pub mod placement;
 pub mod services;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -43,6 +45,9 @@ pub enum ServerError {
     /// The image registry's storage or key could not be opened.
     #[error("registry: {0}")]
     Registry(String),
+    /// HTTPS was asked for but its certificate could not be loaded or generated.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
     /// The credentials file in the data dir could not be read or written.
     #[error("credentials file {path}: {message}")]
     Credentials { path: String, message: String },
@@ -58,6 +63,8 @@ pub struct ServerConfig {
     pub engine: EngineConfig,
     /// The image registry (default: blobs in memory, for in-process tests).
     pub registry: flotilla_registry::RegistryConfig,
+    /// HTTPS beside plain HTTP on the same port (default: plain HTTP only).
+    pub tls: Option<tls::TlsSource>,
 }
 
 impl ServerConfig {
@@ -70,6 +77,7 @@ impl ServerConfig {
             disconnect_timeout: Duration::from_secs(30),
             engine: EngineConfig::default(),
             registry: flotilla_registry::RegistryConfig::default(),
+            tls: None,
         }
     }
 }
@@ -77,6 +85,8 @@ impl ServerConfig {
 /// A running control plane.
 pub struct RunningServer {
     pub local_addr: SocketAddr,
+    /// Whether the listener also speaks HTTPS.
+    pub tls: bool,
     pub engine: Engine,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -85,6 +95,11 @@ pub struct RunningServer {
 impl RunningServer {
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.local_addr)
+    }
+
+    /// The same listener over HTTPS, when TLS is configured.
+    pub fn https_endpoint(&self) -> Option<String> {
+        self.tls.then(|| format!("https://{}", self.local_addr))
     }
 
     pub fn shutdown_token(&self) -> CancellationToken {
@@ -112,6 +127,8 @@ pub async fn start(
     config: ServerConfig,
     store: Arc<dyn Store>,
 ) -> Result<RunningServer, ServerError> {
+    // Certificates first: a bad certificate path should fail before anything listens.
+    let tls_config = config.tls.as_ref().map(tls::server_config).transpose()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -135,8 +152,11 @@ pub async fn start(
         config.heartbeat_interval,
         config.disconnect_timeout,
     ));
+    let mut registry_config = config.registry.clone();
+    // Clients are told to log in over HTTPS when the listener speaks it.
+    registry_config.tls |= tls_config.is_some();
     let registry = flotilla_registry::Registry::open(
-        config.registry.clone(),
+        registry_config,
         store.clone(),
         config.credentials.clone(),
         config.account_id.clone(),
@@ -152,14 +172,13 @@ pub async fn start(
     });
     let app = http::router(state);
     let mut tasks = Vec::new();
-    let serve_shutdown = shutdown.clone();
-    tasks.push(tokio::spawn(async move {
-        let server = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { serve_shutdown.cancelled().await });
-        if let Err(error) = server.await {
-            tracing::error!(%error, "API server stopped with an error");
-        }
-    }));
+    let serves_tls = tls_config.is_some();
+    tasks.push(tokio::spawn(listener::serve(
+        listener,
+        app,
+        tls_config,
+        shutdown.clone(),
+    )));
     tasks.push(tokio::spawn(
         agents.clone().run_liveness_monitor(shutdown.clone()),
     ));
@@ -178,6 +197,7 @@ pub async fn start(
     tracing::info!(%local_addr, "control plane listening");
     Ok(RunningServer {
         local_addr,
+        tls: serves_tls,
         engine,
         shutdown,
         tasks,
