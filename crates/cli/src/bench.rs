@@ -449,8 +449,19 @@ async fn bench_launch(iterations: usize) -> anyhow::Result<()> {
 
 /// The service's RUNNING tasks (desired RUNNING, last status RUNNING) with their task
 /// definitions.
-/// A RUNNING task of a service: its ARN, task definition ARN, and whether it is HEALTHY.
+/// A RUNNING task of a service: its ARN, task definition ARN, and whether it has proven
+/// itself (up for 40 s: its death is a crash, not a failed start the throttle holds back).
 type RunningTask = (String, String, bool);
+
+/// How long a task without health checks must run before its death counts as a crash
+/// rather than a failed start (the reconciler's `PROVEN_AFTER_RUNNING_MS`), plus a margin.
+const PROVEN_AFTER_SECONDS: f64 = 41.0;
+
+fn unix_now_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
 
 async fn running_service_tasks(
     client: &ServerClient,
@@ -480,7 +491,9 @@ async fn running_service_tasks(
                         .as_str()
                         .unwrap_or_default()
                         .to_owned(),
-                    task["healthStatus"] == "HEALTHY",
+                    task["startedAt"]
+                        .as_f64()
+                        .is_some_and(|at| unix_now_seconds() - at > PROVEN_AFTER_SECONDS),
                 ));
             }
         }
@@ -543,10 +556,7 @@ async fn bench_service(tasks: u32, kills: usize) -> anyhow::Result<()> {
         call(
             &client,
             "RegisterTaskDefinition",
-            json!({"family": "svc", "containerDefinitions": [{"name": "main", "image": image, "memory": 8, "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"], "stopTimeout": 2, "environment": [{"name": "REVISION", "value": revision}],
-                // A health check, so a task proves itself once HEALTHY (~5 s) rather than
-                // after 40 s RUNNING: a death before that is a failed start, throttled.
-                "healthCheck": {"command": ["CMD-SHELL", "true"], "interval": 5, "timeout": 2, "retries": 1}}]}),
+            json!({"family": "svc", "containerDefinitions": [{"name": "main", "image": image, "memory": 8, "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"], "stopTimeout": 2, "environment": [{"name": "REVISION", "value": revision}]}]}),
         )
         .await?;
     }
@@ -579,9 +589,10 @@ async fn bench_service(tasks: u32, kills: usize) -> anyhow::Result<()> {
             "create -> stable ({tasks} tasks)        {:>8.0} ms",
             started.elapsed().as_secs_f64() * 1000.0
         );
+        println!("waiting until the tasks have been up for 40 s (a death before is a failed start)");
         let mut replacements = Vec::with_capacity(kills);
         for _ in 0..kills {
-            // The victim is a task that proved itself (HEALTHY), as a long-running task
+            // The victim is a task that proved itself (up for 40 s), as a long-running task
             // that crashes would have: its replacement is not held back by the throttle.
             let waited = Instant::now();
             let (before, victim) = loop {
@@ -591,8 +602,8 @@ async fn bench_service(tasks: u32, kills: usize) -> anyhow::Result<()> {
                     break (before, victim);
                 }
                 anyhow::ensure!(
-                    waited.elapsed() < Duration::from_secs(60),
-                    "no task of the service became HEALTHY"
+                    waited.elapsed() < Duration::from_secs(90),
+                    "no task of the service has been up for 40 s"
                 );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             };
