@@ -140,6 +140,11 @@ struct ServerArgs {
     /// host the client used.
     #[arg(long, env = "FLOTILLA_REGISTRY_HOST")]
     registry_host: Option<String>,
+    /// Where registry blobs go: a directory, or `s3://BUCKET[/PREFIX]` for an S3-compatible
+    /// store configured from the environment like the AWS CLI (`AWS_ENDPOINT_URL_S3`,
+    /// `AWS_REGION`, `AWS_ACCESS_KEY_ID`, ...). Default: DIR/registry.
+    #[arg(long, env = "FLOTILLA_REGISTRY_STORAGE")]
+    registry_storage: Option<String>,
     /// The registry's data key, 64 hex digits (default: DIR/registry.key, generated).
     #[arg(long, env = "FLOTILLA_REGISTRY_KEY", hide_env_values = true)]
     registry_key: Option<String>,
@@ -449,6 +454,15 @@ async fn start_server(args: &ServerArgs) -> anyhow::Result<flotilla_server::Runn
         std::time::Duration::from_secs(args.disconnect_timeout_seconds.max(1));
     config.registry = flotilla_registry::RegistryConfig::on_disk(&args.data_dir);
     config.registry.public_host = args.registry_host.clone();
+    match args.registry_storage.as_deref() {
+        Some(url) if url.starts_with("s3://") => {
+            config.registry.storage = flotilla_registry::StorageConfig::S3(url.to_owned());
+        }
+        Some(directory) => {
+            config.registry.storage = flotilla_registry::StorageConfig::Directory(directory.into());
+        }
+        None => {}
+    }
     if let Some(key) = &args.registry_key {
         config.registry.key = flotilla_registry::KeyConfig::Hex(key.clone());
     }

@@ -38,6 +38,11 @@ pub enum StorageConfig {
     Memory,
     /// A directory on the local filesystem.
     Directory(PathBuf),
+    /// An S3-compatible bucket, `s3://BUCKET[/PREFIX]`; the endpoint, region and keys come
+    /// from the environment as for the AWS CLI (`AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT`,
+    /// `AWS_REGION`, `AWS_ACCESS_KEY_ID`, ...; `AWS_ALLOW_HTTP=true` for a plain-HTTP
+    /// endpoint).
+    S3(String),
     /// Any `object_store` backend (S3-compatible, ...), built by the caller.
     Custom(Arc<dyn ObjectStore>),
 }
@@ -92,6 +97,32 @@ impl RegistryConfig {
     }
 }
 
+/// Builds the object store of an `s3://BUCKET[/PREFIX]` URL from the environment.
+fn s3_store(url: &str) -> Result<Arc<dyn ObjectStore>, RegistryError> {
+    let invalid = |why: String| RegistryError::Internal(format!("registry storage {url}: {why}"));
+    let rest = url
+        .strip_prefix("s3://")
+        .ok_or_else(|| invalid("expected s3://BUCKET[/PREFIX]".into()))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(invalid("no bucket named".into()));
+    }
+    let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+    // The AWS CLI's name for a service-specific endpoint; object_store reads AWS_ENDPOINT.
+    if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL_S3") {
+        builder = builder.with_endpoint(endpoint);
+    }
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(builder.build().map_err(|e| invalid(e.to_string()))?);
+    let prefix = prefix.trim_matches('/');
+    if prefix.is_empty() {
+        return Ok(store);
+    }
+    Ok(Arc::new(object_store::prefix::PrefixStore::new(
+        store, prefix,
+    )))
+}
+
 /// The registry: shared by the OCI router and the ECR API.
 pub struct Registry {
     pub engine: engine::Engine,
@@ -129,6 +160,7 @@ impl Registry {
                         .with_automatic_cleanup(true),
                 )
             }
+            StorageConfig::S3(url) => s3_store(url)?,
             StorageConfig::Custom(store) => store.clone(),
         };
         let key = match &config.key {
