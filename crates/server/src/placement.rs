@@ -14,26 +14,28 @@ pub fn hosts<'b>(
 ) -> Vec<Host> {
     instances
         .into_iter()
-        .map(|instance| {
-            let tasks = host_tasks.get(&instance.id);
-            Host {
-                id: instance.id.clone(),
-                arn: instance.arn.clone(),
-                ec2_instance_id: instance.ec2_instance_id.clone(),
-                active: instance.status == ContainerInstanceStatus::Active,
-                agent_connected: instance.agent_connected,
-                remaining: instance.remaining.clone(),
-                registered: instance.registered.clone(),
-                attributes: instance
-                    .attributes
-                    .iter()
-                    .map(|a| (a.name.clone(), a.value.clone()))
-                    .collect(),
-                agent_version: instance.version_info.agent_version.clone(),
-                registered_at: instance.registered_at,
-                running_tasks_count: tasks.map_or(0, |t| t.running),
-                task_groups: tasks.map(|t| t.groups.clone()).unwrap_or_default(),
-            }
-        })
+        .map(|instance| host(instance, host_tasks.get(&instance.id)))
         .collect()
+}
+
+/// The scheduler's view of one instance and its non-stopped tasks.
+pub fn host(instance: &ContainerInstance, tasks: Option<&HostTasks>) -> Host {
+    Host {
+        id: instance.id.clone(),
+        arn: instance.arn.clone(),
+        ec2_instance_id: instance.ec2_instance_id.clone(),
+        active: instance.status == ContainerInstanceStatus::Active,
+        agent_connected: instance.agent_connected,
+        remaining: instance.remaining.clone(),
+        registered: instance.registered.clone(),
+        attributes: instance
+            .attributes
+            .iter()
+            .map(|a| (a.name.clone(), a.value.clone()))
+            .collect(),
+        agent_version: instance.version_info.agent_version.clone(),
+        registered_at: instance.registered_at,
+        running_tasks_count: tasks.map_or(0, |t| t.running),
+        task_groups: tasks.map(|t| t.groups.clone()).unwrap_or_default(),
+    }
 }
