@@ -106,13 +106,15 @@ impl Engine {
                 .container_instance_arn
                 .as_deref()
                 .map(last_segment);
-            let existing = snapshot.instances.values().find(|i| {
-                i.value.status != ContainerInstanceStatus::Inactive
-                    && (Some(i.value.id.as_str()) == wanted_id
-                        || (registration.ec2_instance_id.is_some()
-                            && registration.ec2_instance_id.as_deref()
-                                == Some(i.value.ec2_instance_id.as_str())))
-            });
+            let by_id = wanted_id.and_then(|id| snapshot.instances.get(id));
+            let by_ec2_instance_id = registration
+                .ec2_instance_id
+                .as_deref()
+                .and_then(|ec2| snapshot.by_ec2_instance_id.get(ec2))
+                .and_then(|id| snapshot.instances.get(id));
+            let existing = by_id
+                .filter(|i| i.value.status != ContainerInstanceStatus::Inactive)
+                .or(by_ec2_instance_id);
             let existing = existing.cloned();
             let mut instance = match &existing {
                 Some(found) => found.value.clone(),
