@@ -422,27 +422,7 @@ async fn bench_launch(iterations: usize) -> anyhow::Result<()> {
     agent_stop.cancel();
     let _ = agent.await;
     server.shutdown().await;
-    let leftovers = tokio::process::Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=com.flotilla.cluster={cluster}"),
-        ])
-        .output()
-        .await?;
-    let ids: Vec<String> = String::from_utf8_lossy(&leftovers.stdout)
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
-    if !ids.is_empty() {
-        tokio::process::Command::new("docker")
-            .arg("rm")
-            .arg("-f")
-            .args(&ids)
-            .output()
-            .await?;
-    }
+    remove_cluster_containers(&cluster).await?;
     let _ = std::fs::remove_dir_all(&data_dir);
     Ok(())
 }
@@ -674,6 +654,13 @@ async fn bench_service(tasks: u32, kills: usize) -> anyhow::Result<()> {
     agent_stop.cancel();
     let _ = agent.await;
     server.shutdown().await;
+    remove_cluster_containers(&cluster).await?;
+    let _ = std::fs::remove_dir_all(&data_dir);
+    result
+}
+
+/// Removes every container a bench's cluster left on the local Docker Engine.
+pub(crate) async fn remove_cluster_containers(cluster: &str) -> anyhow::Result<()> {
     let leftovers = tokio::process::Command::new("docker")
         .args([
             "ps",
@@ -695,8 +682,7 @@ async fn bench_service(tasks: u32, kills: usize) -> anyhow::Result<()> {
             .output()
             .await?;
     }
-    let _ = std::fs::remove_dir_all(&data_dir);
-    result
+    Ok(())
 }
 
 /// Peak resident memory of this process, from /proc (Linux).

@@ -180,27 +180,7 @@ pub(super) async fn bench_fargate(iterations: usize) -> anyhow::Result<()> {
         let _ = agent.await;
     }
     server.shutdown().await;
-    let leftovers = tokio::process::Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=com.flotilla.cluster={cluster}"),
-        ])
-        .output()
-        .await?;
-    let ids: Vec<String> = String::from_utf8_lossy(&leftovers.stdout)
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
-    if !ids.is_empty() {
-        tokio::process::Command::new("docker")
-            .arg("rm")
-            .arg("-f")
-            .args(&ids)
-            .output()
-            .await?;
-    }
+    super::remove_cluster_containers(&cluster).await?;
     let _ = tokio::process::Command::new("docker")
         .args(["network", "rm", &format!("flotilla-{cluster}")])
         .output()

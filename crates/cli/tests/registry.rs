@@ -1,69 +1,16 @@
 //! `flotilla up` runs a task whose image was pushed to its own registry: the agent pulls it
 //! with a registry token it gets itself, with nothing configured.
 
-use std::io::{BufRead, BufReader, Write as _};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::Duration;
 
 use base64::Engine as _;
-use flotilla_agent::{ServerClient, SigningIdentity};
+use common::{Containers, ECS, RemoveImage, client, spawn};
+use flotilla_agent::ServerClient;
 use serde_json::{Value, json};
 
-const FLOTILLA: &str = env!("CARGO_BIN_EXE_flotilla");
-const ECS: &str = "AmazonEC2ContainerServiceV20141113";
 const ECR: &str = "AmazonEC2ContainerRegistry_V20150921";
-
-struct Cleanup {
-    child: Child,
-    cluster: String,
-    images: Vec<String>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let ids = Command::new("docker")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=com.flotilla.cluster={}", self.cluster),
-            ])
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .split_whitespace()
-                    .map(str::to_owned)
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
-        if !ids.is_empty() {
-            let _ = Command::new("docker")
-                .arg("rm")
-                .arg("-f")
-                .args(&ids)
-                .output();
-        }
-        for image in &self.images {
-            let _ = Command::new("docker").args(["rmi", "-f", image]).output();
-        }
-    }
-}
-
-fn client(endpoint: &str, data_dir: &Path) -> ServerClient {
-    let stored: Value =
-        serde_json::from_slice(&std::fs::read(data_dir.join("credentials.json")).unwrap()).unwrap();
-    ServerClient::new(
-        endpoint,
-        SigningIdentity {
-            access_key_id: stored["access_key_id"].as_str().unwrap().to_owned(),
-            secret_access_key: stored["secret_access_key"].as_str().unwrap().to_owned(),
-            region: "us-east-1".into(),
-        },
-    )
-}
 
 async fn call(client: &ServerClient, target: &str, body: Value) -> Value {
     client
@@ -72,27 +19,9 @@ async fn call(client: &ServerClient, target: &str, body: Value) -> Value {
         .unwrap_or_else(|e| panic!("{target}: {e}"))
 }
 
-fn docker(config: &Path, args: &[&str], stdin: Option<&str>) {
-    let mut child = Command::new("docker")
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).unwrap();
-    }
-    drop(input);
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+fn docker(config: &std::path::Path, args: &[&str], stdin: Option<&str>) {
+    let (ok, text) = common::docker(config, args, stdin);
+    assert!(ok, "docker {args:?}: {text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,8 +30,9 @@ async fn a_task_runs_from_an_image_pushed_to_the_registry() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let cluster = format!("reg{}", std::process::id());
-    let mut child = Command::new(FLOTILLA)
-        .args([
+    let _containers = Containers(cluster.clone());
+    let (_up, endpoint) = spawn(
+        &[
             "up",
             "--listen",
             "127.0.0.1:0",
@@ -110,24 +40,12 @@ async fn a_task_runs_from_an_image_pushed_to_the_registry() {
             data.to_str().unwrap(),
             "--cluster",
             &cluster,
-        ])
-        .env("FLOTILLA_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-    let endpoint = line.trim().rsplit(' ').next().unwrap().to_owned();
+        ],
+        &[],
+    );
     let host = endpoint.trim_start_matches("http://").to_owned();
     let image = format!("{host}/apps/hello:1");
-    let _cleanup = Cleanup {
-        child,
-        cluster: cluster.clone(),
-        images: vec![image.clone()],
-    };
+    let _image = RemoveImage(image.clone());
     let c = client(&endpoint, &data);
 
     // Push an image built on the test image, then forget it locally so the agent must pull.

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Process, spawn};
+use common::{Process, RemoveImage, docker, spawn};
 
 const BUCKET: &str = "flotilla-registry";
 
@@ -61,29 +61,6 @@ fn s3(endpoint: &str, args: &[&str]) -> (bool, String) {
     (output.status.success(), text)
 }
 
-fn docker(config: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-    let mut child = Command::new("docker")
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write as _;
-        let mut input = child.stdin.take().unwrap();
-        if let Some(text) = stdin {
-            input.write_all(text.as_bytes()).unwrap();
-        }
-    }
-    let output = child.wait_with_output().unwrap();
-    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&output.stderr));
-    (output.status.success(), text)
-}
-
 fn flotilla(data: &Path, listen: &str, s3_endpoint: &str) -> (Process, String) {
     spawn(
         &[
@@ -103,14 +80,6 @@ fn flotilla(data: &Path, listen: &str, s3_endpoint: &str) -> (Process, String) {
             ("AWS_SECRET_ACCESS_KEY", "testing"),
         ],
     )
-}
-
-struct RemoveImage(String);
-
-impl Drop for RemoveImage {
-    fn drop(&mut self) {
-        let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
-    }
 }
 
 #[test]

@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Process, spawn};
+use common::{Process, RemoveImage, spawn};
 
 /// A non-loopback IPv4 address of this machine: Docker treats loopback registries as
 /// insecure and would skip the certificate check this test is about.
@@ -29,14 +29,6 @@ struct TrustedByDocker(PathBuf);
 impl Drop for TrustedByDocker {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-struct RemoveImage(String);
-
-impl Drop for RemoveImage {
-    fn drop(&mut self) {
-        let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
     }
 }
 

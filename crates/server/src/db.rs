@@ -185,6 +185,18 @@ impl Db {
             TxnOutcome::Conflict { .. } => Ok(None),
         }
     }
+
+    /// Writes `value` over the record `read`, if it is unchanged since; false on a conflict
+    /// (the caller reads again and retries).
+    pub async fn replace_one<T: Serialize>(
+        &self,
+        read: &Versioned<T>,
+        value: &T,
+    ) -> Result<bool, EcsError> {
+        let mut txn = TxnBuilder::new();
+        txn.replace(read, value);
+        Ok(self.commit(txn.build()).await?.is_some())
+    }
 }
 
 fn decode<T: DeserializeOwned>(kv: KeyValue) -> Result<Versioned<T>, EcsError> {

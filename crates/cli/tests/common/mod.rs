@@ -54,6 +54,39 @@ impl Drop for Containers {
     }
 }
 
+/// Removes a Docker image when dropped, even when the test fails.
+pub struct RemoveImage(pub String);
+
+impl Drop for RemoveImage {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
+    }
+}
+
+/// `docker --config CONFIG ARGS...` with `stdin` fed in; returns (success, stdout+stderr).
+pub fn docker(config: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    use std::io::Write as _;
+    let mut child = Command::new("docker")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the Docker CLI is installed");
+    {
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+    }
+    let output = child.wait_with_output().unwrap();
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
 /// Starts `flotilla ARGS` and returns it with the endpoint from its first line.
 pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> (Process, String) {
     let mut child = Command::new(FLOTILLA)

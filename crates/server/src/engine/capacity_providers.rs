@@ -271,9 +271,7 @@ impl Engine {
                 }
             }
             provider.update_status = Some("UPDATE_COMPLETE".to_owned());
-            let mut txn = TxnBuilder::new();
-            txn.replace(&read, &provider);
-            if self.db.commit(txn.build()).await?.is_some() {
+            if self.db.replace_one(&read, &provider).await? {
                 return Ok(CapacityProviderResponse {
                     capacity_provider: responses::capacity_provider(&provider, true),
                 });
@@ -320,9 +318,7 @@ impl Engine {
             let mut provider = read.value.clone();
             provider.status = "INACTIVE".to_owned();
             provider.update_status = Some("DELETE_COMPLETE".to_owned());
-            let mut txn = TxnBuilder::new();
-            txn.replace(&read, &provider);
-            if self.db.commit(txn.build()).await?.is_some() {
+            if self.db.replace_one(&read, &provider).await? {
                 return Ok(CapacityProviderResponse {
                     capacity_provider: responses::capacity_provider(&provider, true),
                 });

@@ -386,9 +386,7 @@ impl Engine {
             }
             let mut updated = cluster.value.clone();
             updated.status = ClusterStatus::Inactive;
-            let mut txn = TxnBuilder::new();
-            txn.replace(&cluster, &updated);
-            if self.db.commit(txn.build()).await?.is_some() {
+            if self.db.replace_one(&cluster, &updated).await? {
                 let view =
                     responses::cluster(&updated, &ClusterCounts::default(), ClusterInclude::ALL);
                 return Ok(ClusterResponse { cluster: view });
@@ -408,9 +406,7 @@ impl Engine {
             let cluster: Versioned<Cluster> = self.active_cluster(ctx, Some(reference)).await?;
             let mut updated = cluster.value.clone();
             change(&mut updated);
-            let mut txn = TxnBuilder::new();
-            txn.replace(&cluster, &updated);
-            if self.db.commit(txn.build()).await?.is_some() {
+            if self.db.replace_one(&cluster, &updated).await? {
                 let view = self
                     .render_cluster(ctx, &updated, ClusterInclude::ALL)
                     .await?;

@@ -441,9 +441,7 @@ impl Engine {
                 let mut changed = instance.value.clone();
                 changed.status = status;
                 changed.version += 1;
-                let mut txn = TxnBuilder::new();
-                txn.replace(&instance, &changed);
-                if self.db.commit(txn.build()).await?.is_some() {
+                if self.db.replace_one(&instance, &changed).await? {
                     updated.push(changed);
                     done = true;
                     break;

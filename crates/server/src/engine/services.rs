@@ -259,9 +259,7 @@ impl Engine {
             if new_deployment {
                 service.start_deployment(new_deployment_id(rand::random()), ctx.now);
             }
-            let mut txn = TxnBuilder::new();
-            txn.replace(&read, &service);
-            if self.db.commit(txn.build()).await?.is_some() {
+            if self.db.replace_one(&read, &service).await? {
                 return Ok(ServiceResponse {
                     service: service_view(&service, false),
                 });
@@ -305,9 +303,7 @@ impl Engine {
             let mut service = read.value.clone();
             service.status = ServiceStatus::Draining;
             service.desired_count = 0;
-            let mut txn = TxnBuilder::new();
-            txn.replace(&read, &service);
-            if self.db.commit(txn.build()).await?.is_some() {
+            if self.db.replace_one(&read, &service).await? {
                 return Ok(ServiceResponse {
                     service: service_view(&service, false),
                 });

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{Engine, RequestContext, contention, validate_tags};
-use crate::db::{CAS_RETRIES_MAX, TxnBuilder};
+use crate::db::CAS_RETRIES_MAX;
 
 /// Records that carry tags.
 trait Tagged: Serialize + DeserializeOwned + Clone {
@@ -105,9 +105,7 @@ impl Engine {
             };
             let mut changed = record.value.clone();
             change(changed.tags_mut())?;
-            let mut txn = TxnBuilder::new();
-            txn.replace(&record, &changed);
-            if self.db.commit(txn.build()).await?.is_some() {
+            if self.db.replace_one(&record, &changed).await? {
                 return Ok(());
             }
         }

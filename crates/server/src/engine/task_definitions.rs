@@ -253,9 +253,7 @@ impl Engine {
             let mut updated = td.value.clone();
             updated.status = TaskDefinitionStatus::Inactive;
             updated.deregistered_at = Some(ctx.now);
-            let mut txn = TxnBuilder::new();
-            txn.replace(&td, &updated);
-            if self.db.commit(txn.build()).await?.is_some() {
+            if self.db.replace_one(&td, &updated).await? {
                 return Ok(TaskDefinitionResponse {
                     task_definition: TaskDefinitionView(updated),
                     tags: None,
@@ -314,9 +312,7 @@ impl Engine {
                 let mut updated = td.value.clone();
                 updated.status = TaskDefinitionStatus::DeleteInProgress;
                 updated.delete_requested_at = Some(ctx.now);
-                let mut txn = TxnBuilder::new();
-                txn.replace(&td, &updated);
-                if self.db.commit(txn.build()).await?.is_some() {
+                if self.db.replace_one(&td, &updated).await? {
                     deleted.push(TaskDefinitionView(updated));
                     done = true;
                     break;

@@ -673,9 +673,7 @@ impl Engine {
                 request.reason.clone(),
                 ctx.now,
             );
-            let mut txn = TxnBuilder::new();
-            txn.replace(&task, &stopped);
-            if self.db.commit(txn.build()).await?.is_some() {
+            if self.db.replace_one(&task, &stopped).await? {
                 return Ok(TaskResponse {
                     task: responses::task(&stopped, true),
                 });
