@@ -648,6 +648,10 @@ pub struct DeploymentView {
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub launch_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform_version: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_configuration: Option<flotilla_model::task::NetworkConfiguration>,
     pub rollout_state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollout_state_reason: Option<String>,
@@ -683,6 +687,10 @@ pub struct ServiceView {
     pub running_count: u32,
     pub pending_count: u32,
     pub launch_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform_version: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_configuration: Option<flotilla_model::task::NetworkConfiguration>,
     pub task_definition: String,
     pub deployment_configuration: DeploymentConfigurationView,
     pub deployments: Vec<DeploymentView>,

@@ -282,6 +282,9 @@ pub struct Service {
     pub running_count: u32,
     pub pending_count: u32,
     pub launch_type: LaunchType,
+    /// The awsvpc network of the service's tasks (required for FARGATE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_configuration: Option<flotilla_model::task::NetworkConfiguration>,
     /// The task definition the PRIMARY deployment runs.
     pub task_definition_arn: String,
     pub deployment_configuration: DeploymentConfiguration,
@@ -343,6 +346,7 @@ impl Service {
             running_count: 0,
             pending_count: 0,
             launch_type: LaunchType::Ec2,
+            network_configuration: None,
             task_definition_arn: task_definition_arn.to_owned(),
             deployment_configuration: DeploymentConfiguration::default_for(scheduling_strategy),
             placement_constraints: Vec::new(),

@@ -286,10 +286,17 @@ async fn evaluate(engine: &Engine, key: &ServiceKey) -> Result<Option<Duration>,
     }
     let task_values: Vec<Task> = tasks.iter().map(|t| t.value.clone()).collect();
 
+    // The service's hosts are those of its capacity: Fargate capacity for a FARGATE
+    // service, the user's instances otherwise (a DAEMON service never counts the hidden
+    // Fargate hosts, where its tasks could not go).
+    let fargate = service.value.launch_type == flotilla_model::LaunchType::Fargate;
     let instances: Vec<_> = snapshot
         .instances
         .values()
-        .filter(|i| i.value.status != ContainerInstanceStatus::Inactive)
+        .filter(|i| {
+            i.value.status != ContainerInstanceStatus::Inactive
+                && i.value.is_fargate_capacity() == fargate
+        })
         .collect();
     let daemon_groups: HashSet<String> = engine
         .cache
@@ -521,18 +528,29 @@ async fn start_tasks(
         enable_execute_command: service.enable_execute_command,
         capacity: Default::default(),
     };
-    let placed = engine
-        .apply_placement(PlacementJob {
-            ctx: ctx.clone(),
-            cluster_arn: service.cluster_arn.clone(),
-            cluster_name,
-            launch,
-            request,
-            token: None,
-            service_name: Some(service.name.clone()),
-            reply: tokio::sync::oneshot::channel().0,
-        })
-        .await;
+    // FARGATE services run on Fargate capacity, in the service's awsvpc network.
+    let placed = match Engine::with_capacity(
+        launch,
+        service.launch_type,
+        None,
+        service.network_configuration.as_ref(),
+    ) {
+        Ok(launch) => {
+            engine
+                .apply_placement(PlacementJob {
+                    ctx: ctx.clone(),
+                    cluster_arn: service.cluster_arn.clone(),
+                    cluster_name,
+                    launch,
+                    request,
+                    token: None,
+                    service_name: Some(service.name.clone()),
+                    reply: tokio::sync::oneshot::channel().0,
+                })
+                .await
+        }
+        Err(error) => Err(error),
+    };
     let mut events = Vec::new();
     match placed {
         Ok(placed) => {

@@ -659,3 +659,142 @@ async fn capacity_providers_are_created_described_updated_and_deleted() {
         .unwrap_err();
     assert_eq!(code(&error), "InvalidParameterException");
 }
+
+/// A FARGATE service keeps its tasks on Fargate capacity, in its awsvpc network; ECS's
+/// refusals for Fargate services hold.
+#[tokio::test]
+async fn a_fargate_service_runs_its_tasks_on_fargate_capacity() {
+    use aws_sdk_ecs::types::{LaunchType, SchedulingStrategy};
+    let t = start().await;
+    let c = &t.client;
+    c.create_cluster()
+        .cluster_name("apps")
+        .send()
+        .await
+        .unwrap();
+    let ec2 = FakeAgent::start(
+        &t.endpoint,
+        FakeHost::new("apps", 2048, 4096),
+        FakeMode::AutoRun,
+    )
+    .await
+    .unwrap();
+    let _fargate = FakeAgent::start(&t.endpoint, fargate_host("apps"), FakeMode::AutoRun)
+        .await
+        .unwrap();
+    register_fargate(c, "web", "256", "512").await;
+
+    // Refusals: no network configuration, DAEMON, placement strategies.
+    let error = c
+        .create_service()
+        .cluster("apps")
+        .service_name("bad")
+        .task_definition("web")
+        .launch_type(LaunchType::Fargate)
+        .desired_count(1)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        message(&error),
+        "Network Configuration must be provided when networkMode 'awsvpc' is specified."
+    );
+    let error = c
+        .create_service()
+        .cluster("apps")
+        .service_name("bad")
+        .task_definition("web")
+        .launch_type(LaunchType::Fargate)
+        .scheduling_strategy(SchedulingStrategy::Daemon)
+        .network_configuration(network("subnet-0abc"))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(message(&error).contains("DAEMON scheduling strategy is not supported"));
+    assert!(
+        c.list_services()
+            .cluster("apps")
+            .send()
+            .await
+            .unwrap()
+            .service_arns()
+            .is_empty(),
+        "a refused service is not created"
+    );
+
+    let created = c
+        .create_service()
+        .cluster("apps")
+        .service_name("web")
+        .task_definition("web")
+        .launch_type(LaunchType::Fargate)
+        .desired_count(3)
+        .network_configuration(network("subnet-0abc"))
+        .send()
+        .await
+        .unwrap();
+    let service = created.service().unwrap();
+    assert_eq!(service.launch_type(), Some(&LaunchType::Fargate));
+    assert_eq!(service.platform_version(), Some("LATEST"));
+    assert!(service.placement_strategy().is_empty());
+    assert_eq!(
+        service
+            .network_configuration()
+            .and_then(|n| n.awsvpc_configuration())
+            .map(|a| a.subnets().to_vec()),
+        Some(vec!["subnet-0abc".to_owned()])
+    );
+    let mut running = 0;
+    for _ in 0..100 {
+        let described = c
+            .describe_services()
+            .cluster("apps")
+            .services("web")
+            .send()
+            .await
+            .unwrap();
+        running = described.services()[0].running_count();
+        if running == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(running, 3);
+    let arns = c
+        .list_tasks()
+        .cluster("apps")
+        .service_name("web")
+        .send()
+        .await
+        .unwrap()
+        .task_arns()
+        .to_vec();
+    let tasks = c
+        .describe_tasks()
+        .cluster("apps")
+        .set_tasks(Some(arns))
+        .send()
+        .await
+        .unwrap();
+    for task in tasks.tasks() {
+        assert_eq!(task.launch_type(), Some(&LaunchType::Fargate));
+        assert!(task.container_instance_arn().is_none());
+        let attachment = &task.attachments()[0];
+        assert_eq!(attachment.r#type(), Some("ElasticNetworkInterface"));
+        assert!(
+            attachment
+                .details()
+                .iter()
+                .any(|d| d.name() == Some("subnetId") && d.value() == Some("subnet-0abc"))
+        );
+    }
+    // Nothing landed on the user's instance.
+    let listed = c
+        .list_tasks()
+        .cluster("apps")
+        .container_instance(&ec2.container_instance_arn)
+        .send()
+        .await
+        .unwrap();
+    assert!(listed.task_arns().is_empty());
+}

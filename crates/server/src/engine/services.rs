@@ -9,7 +9,7 @@ use flotilla_api::responses::{
     DescribeServicesResponse, Failure, ListItems, ListResponse, ServiceEventView, ServiceResponse,
     ServiceView,
 };
-use flotilla_model::task_definition::{NetworkMode, TaskDefinitionStatus};
+use flotilla_model::task_definition::TaskDefinitionStatus;
 use flotilla_model::{EcsError, LaunchType, TaskDefinition, arn::last_segment};
 use flotilla_reconcile::{
     CircuitBreaker, DeploymentConfiguration, PlacementConstraint, PlacementStrategy,
@@ -40,12 +40,11 @@ impl Engine {
         refuse_service_features(
             &request.load_balancers,
             &request.service_registries,
-            &request.network_configuration,
             &request.service_connect_configuration,
             &request.volume_configurations,
             &request.vpc_lattice_configurations,
         )?;
-        validate_launch_type(
+        let launch_type = validate_launch_type(
             request.launch_type.as_deref(),
             &request.capacity_provider_strategy,
             request.platform_version.as_deref(),
@@ -77,6 +76,18 @@ impl Engine {
             request.deployment_configuration.as_ref(),
             scheduling_strategy,
         )?;
+        if launch_type == LaunchType::Fargate {
+            if let Some(problem) = flotilla_model::validate::fargate_service_problem(
+                request.scheduling_strategy.as_deref().unwrap_or("REPLICA"),
+            ) {
+                return Err(EcsError::invalid(problem));
+            }
+            if !request.placement_constraints.is_empty() || !request.placement_strategy.is_empty() {
+                return Err(EcsError::invalid(
+                    "Placement constraints and strategies are not supported with the FARGATE launch type.",
+                ));
+            }
+        }
         let placement_constraints = placement_constraints(&request.placement_constraints)?;
         let placement_strategy =
             placement_strategies(&request.placement_strategy, scheduling_strategy)?;
@@ -100,6 +111,11 @@ impl Engine {
         let cluster_name = cluster.value.name.clone();
         let td = self.task_definition_or_error(ctx, &reference).await?;
         check_task_definition_runnable(&td.value)?;
+        validate_service_network(
+            &td.value,
+            launch_type,
+            request.network_configuration.as_ref(),
+        )?;
 
         let mut service = Service::new(
             &name,
@@ -112,7 +128,14 @@ impl Engine {
         );
         service.deployment_configuration = deployment_configuration;
         service.placement_constraints = placement_constraints;
-        service.placement_strategy = placement_strategy;
+        service.launch_type = launch_type;
+        service.network_configuration = request.network_configuration.clone();
+        // Fargate places by itself; ECS shows no strategy for such services.
+        service.placement_strategy = if launch_type == LaunchType::Fargate {
+            Vec::new()
+        } else {
+            placement_strategy
+        };
         service.health_check_grace_period_seconds = grace.unwrap_or(0);
         service.tags = request.tags.clone();
         service.propagate_tags = propagate_tags;
@@ -159,7 +182,6 @@ impl Engine {
         refuse_service_features(
             &request.load_balancers,
             &request.service_registries,
-            &request.network_configuration,
             &request.service_connect_configuration,
             &request.volume_configurations,
             &request.vpc_lattice_configurations,
@@ -193,7 +215,7 @@ impl Engine {
             Some(reference) => {
                 let td = self.task_definition_or_error(ctx, reference).await?;
                 check_task_definition_runnable(&td.value)?;
-                Some(td.value.task_definition_arn)
+                Some(td.value)
             }
         };
         let key = ctx.keys().service(&cluster_name, last_segment(&reference));
@@ -218,11 +240,32 @@ impl Engine {
                     primary.desired_count = count;
                 }
             }
-            if let Some(arn) = &task_definition
-                && *arn != service.task_definition_arn
+            if let Some(network) = &request.network_configuration
+                && service.network_configuration.as_ref() != Some(network)
             {
-                service.task_definition_arn = arn.clone();
+                service.network_configuration = Some(network.clone());
                 new_deployment = true;
+            }
+            if let Some(td) = &task_definition
+                && td.task_definition_arn != service.task_definition_arn
+            {
+                service.task_definition_arn = td.task_definition_arn.clone();
+                new_deployment = true;
+            }
+            if task_definition.is_some() || request.network_configuration.is_some() {
+                let td = match &task_definition {
+                    Some(td) => td.clone(),
+                    None => {
+                        self.task_definition_or_error(ctx, &service.task_definition_arn)
+                            .await?
+                            .value
+                    }
+                };
+                validate_service_network(
+                    &td,
+                    service.launch_type,
+                    service.network_configuration.as_ref(),
+                )?;
             }
             if let Some(config) = &request.deployment_configuration {
                 service.deployment_configuration = deployment_configuration(
@@ -230,6 +273,16 @@ impl Engine {
                     Some(config),
                     strategy,
                 )?;
+            }
+            let placing = constraints.as_ref().is_some_and(|c| !c.is_empty())
+                || request
+                    .placement_strategy
+                    .as_ref()
+                    .is_some_and(|s| !s.is_empty());
+            if service.launch_type == LaunchType::Fargate && placing {
+                return Err(EcsError::invalid(
+                    "Placement constraints and strategies are not supported with the FARGATE launch type.",
+                ));
             }
             if let Some(constraints) = &constraints
                 && *constraints != service.placement_constraints
@@ -426,14 +479,12 @@ fn validate_service_name(name: &str) -> Result<(), EcsError> {
 fn refuse_service_features(
     load_balancers: &flotilla_model::task_definition::Unsupported,
     service_registries: &flotilla_model::task_definition::Unsupported,
-    network_configuration: &flotilla_model::task_definition::Unsupported,
     service_connect: &flotilla_model::task_definition::Unsupported,
     volumes: &flotilla_model::task_definition::Unsupported,
     lattice: &flotilla_model::task_definition::Unsupported,
 ) -> Result<(), EcsError> {
     refuse_unsupported(load_balancers, "loadBalancers")?;
     refuse_unsupported(service_registries, "serviceRegistries")?;
-    refuse_unsupported(network_configuration, "networkConfiguration")?;
     refuse_unsupported(service_connect, "serviceConnectConfiguration")?;
     refuse_unsupported(volumes, "volumeConfigurations")?;
     refuse_unsupported(lattice, "vpcLatticeConfigurations")
@@ -443,17 +494,18 @@ fn validate_launch_type(
     launch_type: Option<&str>,
     capacity_provider_strategy: &[flotilla_model::cluster::CapacityProviderStrategyItem],
     platform_version: Option<&str>,
-) -> Result<(), EcsError> {
+) -> Result<LaunchType, EcsError> {
     if launch_type.is_some() && !capacity_provider_strategy.is_empty() {
         return Err(EcsError::invalid(
             "Specifying both a launchType and capacityProviderStrategy is not supported.",
         ));
     }
-    match launch_type {
-        None | Some("EC2") => {}
-        Some(other @ ("FARGATE" | "EXTERNAL" | "MANAGED_INSTANCES")) => {
+    let parsed = match launch_type {
+        None | Some("EC2") => LaunchType::Ec2,
+        Some("FARGATE") => LaunchType::Fargate,
+        Some(other @ ("EXTERNAL" | "MANAGED_INSTANCES")) => {
             return Err(EcsError::UnsupportedFeature(format!(
-                "Flotilla does not support services of the {other} launch type yet; use EC2."
+                "Flotilla does not support services of the {other} launch type yet; use EC2 or FARGATE."
             )));
         }
         Some(other) => {
@@ -461,18 +513,43 @@ fn validate_launch_type(
                 "Invalid launchType '{other}'; accepted: EC2, FARGATE, EXTERNAL, MANAGED_INSTANCES."
             )));
         }
-    }
+    };
     if !capacity_provider_strategy.is_empty() {
         return Err(EcsError::UnsupportedFeature(
-            "Flotilla does not support capacityProviderStrategy on services yet; use launchType EC2."
+            "Flotilla does not support capacityProviderStrategy on services yet; use launchType EC2 or FARGATE."
                 .to_owned(),
         ));
     }
-    if platform_version.is_some() {
+    if platform_version.is_some() && parsed != LaunchType::Fargate {
         return Err(EcsError::invalid(
             "platformVersion applies only to services using the FARGATE launch type.",
         ));
     }
+    Ok(parsed)
+}
+
+/// Checks a service's task definition and network configuration against its launch type:
+/// FARGATE needs a definition from the Fargate table in awsvpc mode, and awsvpc (either
+/// launch type) needs a network configuration, which other modes refuse.
+fn validate_service_network(
+    task_definition: &flotilla_model::TaskDefinition,
+    launch_type: LaunchType,
+    network_configuration: Option<&flotilla_model::task::NetworkConfiguration>,
+) -> Result<(), EcsError> {
+    let fargate = launch_type == LaunchType::Fargate;
+    if fargate
+        && let Some(problem) = flotilla_model::validate::fargate_launch_problem(
+            task_definition,
+            &flotilla_model::task::TaskOverride::default(),
+        )
+    {
+        return Err(EcsError::invalid(problem));
+    }
+    flotilla_model::validate::validate_network_configuration(
+        task_definition.spec.network_mode,
+        fargate,
+        network_configuration,
+    )?;
     Ok(())
 }
 
@@ -654,12 +731,12 @@ fn check_task_definition_runnable(td: &TaskDefinition) -> Result<(), EcsError> {
             td.task_definition_arn
         )));
     }
-    if td.spec.network_mode == NetworkMode::Awsvpc {
-        return Err(EcsError::UnsupportedFeature(
-            "Flotilla does not support services in the awsvpc network mode yet.".to_owned(),
-        ));
-    }
     Ok(())
+}
+
+/// ECS shows `LATEST` as the platform version of FARGATE services.
+fn platform_version(service: &Service) -> Option<&'static str> {
+    (service.launch_type == LaunchType::Fargate).then_some("LATEST")
 }
 
 /// The service as ECS shows it.
@@ -680,6 +757,8 @@ pub(crate) fn service_view(service: &Service, include_tags: bool) -> ServiceView
             created_at: d.created_at,
             updated_at: d.updated_at,
             launch_type: service.launch_type.as_str(),
+            platform_version: platform_version(service),
+            network_configuration: service.network_configuration.clone(),
             rollout_state: d.rollout_state.as_str(),
             rollout_state_reason: d.rollout_state_reason.clone(),
         })
@@ -695,6 +774,8 @@ pub(crate) fn service_view(service: &Service, include_tags: bool) -> ServiceView
         running_count: service.running_count,
         pending_count: service.pending_count,
         launch_type: service.launch_type.as_str(),
+        platform_version: platform_version(service),
+        network_configuration: service.network_configuration.clone(),
         task_definition: service.task_definition_arn.clone(),
         deployment_configuration: DeploymentConfigurationView {
             deployment_circuit_breaker: CircuitBreakerView {
