@@ -1,7 +1,8 @@
 //! Fargate end to end: `flotilla up` on the real Docker Engine, driven by the AWS CLI. A
 //! FARGATE task runs with no registered instance, gets its own address (shown in its ENI
 //! attachment) and answers on it; a FARGATE_SPOT task placed by a capacity provider
-//! strategy is reclaimed by `flotilla reclaim-spot` and stops with SpotInterruption.
+//! strategy is reclaimed by `flotilla reclaim-spot` and stops with SpotInterruption; a
+//! FARGATE service becomes stable for `aws ecs wait services-stable`.
 
 mod common;
 
@@ -238,6 +239,70 @@ fn fargate_and_fargate_spot_tasks_run_under_flotilla_up() {
     assert!(String::from_utf8_lossy(&output.stdout).contains(&spot));
     let stopped = wait_status(&exports, &cluster, &spot, "STOPPED");
     assert_eq!(stopped["stopCode"], "SpotInterruption", "{stopped}");
+    // A FARGATE service: stable by the AWS CLI's waiter, its tasks answering on their ENIs.
+    let (ok, text) = aws(
+        &exports,
+        &[
+            "create-service",
+            "--cluster",
+            &cluster,
+            "--service-name",
+            "fg-svc",
+            "--task-definition",
+            "fg-web",
+            "--desired-count",
+            "2",
+            "--launch-type",
+            "FARGATE",
+            "--network-configuration",
+            network,
+        ],
+    );
+    assert!(ok, "{text}");
+    let (ok, text) = aws(
+        &exports,
+        &[
+            "wait",
+            "services-stable",
+            "--cluster",
+            &cluster,
+            "--services",
+            "fg-svc",
+        ],
+    );
+    assert!(ok, "services-stable: {text}");
+    let (ok, text) = aws(
+        &exports,
+        &[
+            "list-tasks",
+            "--cluster",
+            &cluster,
+            "--service-name",
+            "fg-svc",
+        ],
+    );
+    assert!(ok, "{text}");
+    let service_tasks: Vec<String> = json(&text)["taskArns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(service_tasks.len(), 2, "{text}");
+    for arn in &service_tasks {
+        let described = wait_status(&exports, &cluster, arn, "RUNNING");
+        let address = detail(&described["attachments"][0], "privateIPv4Address").to_owned();
+        let mut answer = String::new();
+        for _ in 0..50 {
+            answer = http_get(&address, 8080);
+            if answer.contains("fargate-ok") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(answer.contains("fargate-ok"), "{answer}");
+    }
+
     // The on-demand FARGATE task was left alone.
     let (ok, text) = aws(
         &exports,
