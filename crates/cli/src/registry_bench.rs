@@ -76,7 +76,10 @@ fn disk_write_mib_per_s(dir: &Path, bytes: u64) -> anyhow::Result<f64> {
 
 fn skopeo_copy(from: &str, to: &str, creds: Option<&str>, push: bool) -> anyhow::Result<Duration> {
     let mut command = Command::new("skopeo");
-    command.arg("copy").arg("--quiet");
+    // Without `--preserve-digests` skopeo gzips the uncompressed layers on the way to a
+    // registry (and to an OCI layout), so the figures would measure its compressor on random
+    // data, not the registry; with it, the layer bytes go over the wire unchanged both ways.
+    command.arg("copy").arg("--quiet").arg("--preserve-digests");
     if push {
         command.arg("--dest-tls-verify=false");
         if let Some(creds) = creds {

@@ -406,19 +406,19 @@ impl Engine {
             _ => None,
         };
         let mut scratch = Sha256::new();
-        let part = self
+        let Some(part) = self
             .blobs
             .write_stream(
                 body,
                 hasher.as_mut().unwrap_or(&mut scratch),
                 BLOB_BYTES_MAX.saturating_sub(size),
             )
-            .await?;
-        if part.len == 0 {
-            let _ = self.blobs.delete(&part.path).await;
+            .await?
+        else {
+            // An empty chunk (typically the closing PUT's body) stores nothing.
             state.hasher = hasher.map(|h| (size, h));
             return Ok(size);
-        }
+        };
         let mut updated = record.value.clone();
         updated.size += part.len;
         updated.parts.push(part.clone());

@@ -143,7 +143,10 @@ mod tests {
     fn engine() -> Engine {
         let store = Arc::new(flotilla_store::RedbStore::in_memory().unwrap());
         let objects = Arc::new(object_store::memory::InMemory::new());
-        Engine::new(Meta { store }, Blobs::new(objects, DataKey::random()))
+        Engine::new(
+            Meta { store },
+            Blobs::new(objects, DataKey::random().unwrap()),
+        )
     }
 
     async fn object_count(engine: &Engine) -> usize {

@@ -164,7 +164,9 @@ impl Registry {
             StorageConfig::Custom(store) => store.clone(),
         };
         let key = match &config.key {
-            KeyConfig::Random => crypto::DataKey::random(),
+            KeyConfig::Random => {
+                crypto::DataKey::random().map_err(|e| RegistryError::Internal(e.to_string()))?
+            }
             KeyConfig::File(path) => crypto::DataKey::load_or_create(path)
                 .map_err(|e| RegistryError::Internal(e.to_string()))?,
             KeyConfig::Hex(hex) => crypto::DataKey::from_hex(hex)
