@@ -8,7 +8,7 @@ use aws_sdk_ecs::types::{
 };
 use common::*;
 use flotilla_model::TaskStatus;
-use flotilla_testkit::{FakeAgent, FakeHost, FakeMode};
+use flotilla_testkit::{FakeHost, FakeMode};
 
 #[tokio::test]
 async fn clusters_create_describe_list_update_delete() {
@@ -369,18 +369,10 @@ async fn invalid_task_definitions_are_refused_and_change_nothing() {
 async fn run_task_places_reports_and_stops() {
     let t = start().await;
     let c = &t.client;
-    c.create_cluster()
-        .cluster_name("apps")
-        .send()
-        .await
-        .unwrap();
-    let agent = FakeAgent::start(
-        &t.endpoint,
-        FakeHost::new("apps", 1024, 2048),
-        FakeMode::Manual,
-    )
-    .await
-    .unwrap();
+    t.cluster("apps").await;
+    let agent = t
+        .agent(FakeHost::new("apps", 1024, 2048), FakeMode::Manual)
+        .await;
     c.register_task_definition()
         .family("svc")
         .container_definitions(
@@ -557,7 +549,7 @@ async fn run_task_places_reports_and_stops() {
 async fn run_task_errors_and_idempotency() {
     let t = start().await;
     let c = &t.client;
-    c.create_cluster().cluster_name("e").send().await.unwrap();
+    t.cluster("e").await;
     c.register_task_definition()
         .family("x")
         .container_definitions(container("app", 64))
@@ -585,13 +577,9 @@ async fn run_task_errors_and_idempotency() {
         .await
         .unwrap_err();
     assert_eq!(code(&error), "ClusterNotFoundException");
-    let _agent = FakeAgent::start(
-        &t.endpoint,
-        FakeHost::new("e", 4096, 8192),
-        FakeMode::AutoRun,
-    )
-    .await
-    .unwrap();
+    let _agent = t
+        .agent(FakeHost::new("e", 4096, 8192), FakeMode::AutoRun)
+        .await;
     let error = c
         .run_task()
         .cluster("e")
@@ -683,25 +671,13 @@ async fn run_task_errors_and_idempotency() {
 async fn container_instances_attributes_drain_and_deregister() {
     let t = start().await;
     let c = &t.client;
-    c.create_cluster()
-        .cluster_name("hosts")
-        .send()
-        .await
-        .unwrap();
-    let a = FakeAgent::start(
-        &t.endpoint,
-        FakeHost::new("hosts", 2048, 4096),
-        FakeMode::AutoRun,
-    )
-    .await
-    .unwrap();
-    let b = FakeAgent::start(
-        &t.endpoint,
-        FakeHost::new("hosts", 2048, 4096),
-        FakeMode::AutoRun,
-    )
-    .await
-    .unwrap();
+    t.cluster("hosts").await;
+    let a = t
+        .agent(FakeHost::new("hosts", 2048, 4096), FakeMode::AutoRun)
+        .await;
+    let b = t
+        .agent(FakeHost::new("hosts", 2048, 4096), FakeMode::AutoRun)
+        .await;
     let listed = c
         .list_container_instances()
         .cluster("hosts")
@@ -886,14 +862,10 @@ async fn silent_agents_are_marked_disconnected() {
     let t = start_with(|config| config.disconnect_timeout = std::time::Duration::from_millis(600))
         .await;
     let c = &t.client;
-    c.create_cluster().cluster_name("hb").send().await.unwrap();
-    let agent = FakeAgent::start(
-        &t.endpoint,
-        FakeHost::new("hb", 1024, 1024),
-        FakeMode::AutoRun,
-    )
-    .await
-    .unwrap();
+    t.cluster("hb").await;
+    let agent = t
+        .agent(FakeHost::new("hb", 1024, 1024), FakeMode::AutoRun)
+        .await;
     let arn = agent.container_instance_arn.clone();
     let connected = |c: aws_sdk_ecs::Client, arn: String| async move {
         let d = c
@@ -964,13 +936,9 @@ async fn tags_on_every_taggable_resource() {
         .unwrap()
         .task_definition_arn
         .unwrap();
-    let agent = FakeAgent::start(
-        &t.endpoint,
-        FakeHost::new("tg", 1024, 1024),
-        FakeMode::AutoRun,
-    )
-    .await
-    .unwrap();
+    let agent = t
+        .agent(FakeHost::new("tg", 1024, 1024), FakeMode::AutoRun)
+        .await;
     let task_arn = c
         .run_task()
         .cluster("tg")
@@ -1236,7 +1204,7 @@ async fn default_cluster_is_created_on_first_use() {
 async fn start_task_register_container_instance_and_capacity_providers() {
     let t = start().await;
     let c = &t.client;
-    c.create_cluster().cluster_name("st").send().await.unwrap();
+    t.cluster("st").await;
     // Registration through the ECS API itself (as AWS's own agent does).
     let registered = c
         .register_container_instance()
@@ -1388,21 +1356,13 @@ async fn start_task_register_container_instance_and_capacity_providers() {
 async fn list_tasks_filters_and_pages() {
     let t = start().await;
     let c = &t.client;
-    c.create_cluster().cluster_name("lt").send().await.unwrap();
-    let a = FakeAgent::start(
-        &t.endpoint,
-        FakeHost::new("lt", 100_000, 100_000),
-        FakeMode::AutoRun,
-    )
-    .await
-    .unwrap();
-    let b = FakeAgent::start(
-        &t.endpoint,
-        FakeHost::new("lt", 100_000, 100_000),
-        FakeMode::AutoRun,
-    )
-    .await
-    .unwrap();
+    t.cluster("lt").await;
+    let a = t
+        .agent(FakeHost::new("lt", 100_000, 100_000), FakeMode::AutoRun)
+        .await;
+    let b = t
+        .agent(FakeHost::new("lt", 100_000, 100_000), FakeMode::AutoRun)
+        .await;
     c.register_task_definition()
         .family("one")
         .container_definitions(container("app", 8))
@@ -1518,20 +1478,14 @@ async fn list_tasks_filters_and_pages() {
 async fn placement_constraints_and_strategies_through_run_task() {
     let t = start().await;
     let c = &t.client;
-    c.create_cluster().cluster_name("pl").send().await.unwrap();
+    t.cluster("pl").await;
     let mut zone_b = FakeHost::new("pl", 4096, 4096);
     zone_b.zone = "zone-b".into();
     zone_b.attributes.push(("stack".into(), "prod".into()));
-    let a = FakeAgent::start(
-        &t.endpoint,
-        FakeHost::new("pl", 4096, 4096),
-        FakeMode::AutoRun,
-    )
-    .await
-    .unwrap();
-    let b = FakeAgent::start(&t.endpoint, zone_b, FakeMode::AutoRun)
-        .await
-        .unwrap();
+    let a = t
+        .agent(FakeHost::new("pl", 4096, 4096), FakeMode::AutoRun)
+        .await;
+    let b = t.agent(zone_b, FakeMode::AutoRun).await;
     c.register_task_definition()
         .family("pl")
         .container_definitions(container("app", 64))
@@ -1624,22 +1578,12 @@ async fn placement_constraints_and_strategies_through_run_task() {
 async fn concurrent_run_tasks_never_oversubscribe_a_host() {
     let t = start().await;
     let c = &t.client;
-    c.create_cluster().cluster_name("cc").send().await.unwrap();
+    t.cluster("cc").await;
     let _hosts = [
-        FakeAgent::start(
-            &t.endpoint,
-            FakeHost::new("cc", 1024, 1024),
-            FakeMode::Manual,
-        )
-        .await
-        .unwrap(),
-        FakeAgent::start(
-            &t.endpoint,
-            FakeHost::new("cc", 1024, 1024),
-            FakeMode::Manual,
-        )
-        .await
-        .unwrap(),
+        t.agent(FakeHost::new("cc", 1024, 1024), FakeMode::Manual)
+            .await,
+        t.agent(FakeHost::new("cc", 1024, 1024), FakeMode::Manual)
+            .await,
     ];
     c.register_task_definition()
         .family("cc")
@@ -1707,19 +1651,13 @@ async fn concurrent_run_tasks_never_oversubscribe_a_host() {
 async fn explain_placement_says_why_host_by_host() {
     let t = start().await;
     let c = &t.client;
-    c.create_cluster().cluster_name("ex").send().await.unwrap();
-    let small = FakeAgent::start(
-        &t.endpoint,
-        FakeHost::new("ex", 256, 256),
-        FakeMode::AutoRun,
-    )
-    .await
-    .unwrap();
+    t.cluster("ex").await;
+    let small = t
+        .agent(FakeHost::new("ex", 256, 256), FakeMode::AutoRun)
+        .await;
     let mut prod = FakeHost::new("ex", 4096, 4096);
     prod.attributes.push(("stack".into(), "prod".into()));
-    let big = FakeAgent::start(&t.endpoint, prod, FakeMode::AutoRun)
-        .await
-        .unwrap();
+    let big = t.agent(prod, FakeMode::AutoRun).await;
     c.register_task_definition()
         .family("ex")
         .container_definitions(container("app", 512))
@@ -1785,14 +1723,10 @@ async fn stopped_tasks_and_client_tokens_are_forgotten_after_their_retention() {
     })
     .await;
     let c = &t.client;
-    c.create_cluster().cluster_name("jan").send().await.unwrap();
-    let _agent = FakeAgent::start(
-        &t.endpoint,
-        FakeHost::new("jan", 1024, 1024),
-        FakeMode::AutoRun,
-    )
-    .await
-    .unwrap();
+    t.cluster("jan").await;
+    let _agent = t
+        .agent(FakeHost::new("jan", 1024, 1024), FakeMode::AutoRun)
+        .await;
     c.register_task_definition()
         .family("jan")
         .container_definitions(container("app", 64))

@@ -11,7 +11,7 @@ use aws_sdk_ecs::types::{
 };
 use common::{code, message, start};
 use flotilla_model::task::{TaskNetwork, TaskStatus};
-use flotilla_testkit::{FakeAgent, FakeHost, FakeMode, test_identity};
+use flotilla_testkit::{FakeHost, FakeMode, test_identity};
 
 fn network(subnet: &str) -> NetworkConfiguration {
     NetworkConfiguration::builder()
@@ -55,21 +55,11 @@ fn fargate_host(cluster: &str) -> FakeHost {
 async fn fargate_tasks_run_on_hidden_capacity_and_show_their_network_interface() {
     let t = start().await;
     let c = &t.client;
-    c.create_cluster()
-        .cluster_name("apps")
-        .send()
-        .await
-        .unwrap();
-    let ec2 = FakeAgent::start(
-        &t.endpoint,
-        FakeHost::new("apps", 2048, 4096),
-        FakeMode::Manual,
-    )
-    .await
-    .unwrap();
-    let fargate = FakeAgent::start(&t.endpoint, fargate_host("apps"), FakeMode::Manual)
-        .await
-        .unwrap();
+    t.cluster("apps").await;
+    let ec2 = t
+        .agent(FakeHost::new("apps", 2048, 4096), FakeMode::Manual)
+        .await;
+    let fargate = t.agent(fargate_host("apps"), FakeMode::Manual).await;
     register_fargate(c, "web", "256", "512").await;
 
     // The user sees only their own instance.
@@ -222,18 +212,10 @@ async fn fargate_tasks_run_on_hidden_capacity_and_show_their_network_interface()
 async fn fargate_refusals_follow_ecs() {
     let t = start().await;
     let c = &t.client;
-    c.create_cluster()
-        .cluster_name("apps")
-        .send()
-        .await
-        .unwrap();
-    let _ec2 = FakeAgent::start(
-        &t.endpoint,
-        FakeHost::new("apps", 2048, 4096),
-        FakeMode::Manual,
-    )
-    .await
-    .unwrap();
+    t.cluster("apps").await;
+    let _ec2 = t
+        .agent(FakeHost::new("apps", 2048, 4096), FakeMode::Manual)
+        .await;
 
     // A size outside the Fargate table.
     let error = c
@@ -417,14 +399,8 @@ async fn fargate_refusals_follow_ecs() {
 async fn capacity_provider_strategies_split_tasks_and_spot_capacity_can_be_reclaimed() {
     let t = start().await;
     let c = &t.client;
-    c.create_cluster()
-        .cluster_name("apps")
-        .send()
-        .await
-        .unwrap();
-    let _fargate = FakeAgent::start(&t.endpoint, fargate_host("apps"), FakeMode::AutoRun)
-        .await
-        .unwrap();
+    t.cluster("apps").await;
+    let _fargate = t.agent(fargate_host("apps"), FakeMode::AutoRun).await;
     register_fargate(c, "web", "256", "512").await;
     let item = |name: &str, base: i32, weight: i32| {
         CapacityProviderStrategyItem::builder()
@@ -613,11 +589,7 @@ async fn capacity_providers_are_created_described_updated_and_deleted() {
     );
 
     // In use by a cluster: it cannot go; once released it can.
-    c.create_cluster()
-        .cluster_name("apps")
-        .send()
-        .await
-        .unwrap();
+    t.cluster("apps").await;
     c.put_cluster_capacity_providers()
         .cluster("apps")
         .capacity_providers("workers")
@@ -667,21 +639,11 @@ async fn a_fargate_service_runs_its_tasks_on_fargate_capacity() {
     use aws_sdk_ecs::types::{LaunchType, SchedulingStrategy};
     let t = start().await;
     let c = &t.client;
-    c.create_cluster()
-        .cluster_name("apps")
-        .send()
-        .await
-        .unwrap();
-    let ec2 = FakeAgent::start(
-        &t.endpoint,
-        FakeHost::new("apps", 2048, 4096),
-        FakeMode::AutoRun,
-    )
-    .await
-    .unwrap();
-    let _fargate = FakeAgent::start(&t.endpoint, fargate_host("apps"), FakeMode::AutoRun)
-        .await
-        .unwrap();
+    t.cluster("apps").await;
+    let ec2 = t
+        .agent(FakeHost::new("apps", 2048, 4096), FakeMode::AutoRun)
+        .await;
+    let _fargate = t.agent(fargate_host("apps"), FakeMode::AutoRun).await;
     register_fargate(c, "web", "256", "512").await;
 
     // Refusals: no network configuration, DAEMON, placement strategies.

@@ -72,21 +72,13 @@ async fn wait_stable(c: &Client, cluster: &str, service: &str) {
 async fn a_replica_service_becomes_stable_and_is_described_as_ecs_does() {
     let t = start().await;
     let c = &t.client;
-    c.create_cluster().cluster_name("web").send().await.unwrap();
-    let _a = FakeAgent::start(
-        &t.endpoint,
-        FakeHost::new("web", 2048, 4096),
-        FakeMode::AutoRun,
-    )
-    .await
-    .unwrap();
-    let _b = FakeAgent::start(
-        &t.endpoint,
-        FakeHost::new("web", 2048, 4096),
-        FakeMode::AutoRun,
-    )
-    .await
-    .unwrap();
+    t.cluster("web").await;
+    let _a = t
+        .agent(FakeHost::new("web", 2048, 4096), FakeMode::AutoRun)
+        .await;
+    let _b = t
+        .agent(FakeHost::new("web", 2048, 4096), FakeMode::AutoRun)
+        .await;
     let td = register(c, "site", 128).await;
     let created = c
         .create_service()
@@ -234,7 +226,7 @@ async fn a_replica_service_becomes_stable_and_is_described_as_ecs_does() {
 async fn bad_service_requests_are_refused_and_change_nothing() {
     let t = start().await;
     let c = &t.client;
-    c.create_cluster().cluster_name("v").send().await.unwrap();
+    t.cluster("v").await;
     register(c, "app", 64).await;
     let cases: Vec<(
         aws_sdk_ecs::operation::create_service::builders::CreateServiceFluentBuilder,
@@ -433,18 +425,10 @@ async fn bad_service_requests_are_refused_and_change_nothing() {
 async fn a_stopped_task_is_replaced() {
     let t = start().await;
     let c = &t.client;
-    c.create_cluster()
-        .cluster_name("heal")
-        .send()
-        .await
-        .unwrap();
-    let agent = FakeAgent::start(
-        &t.endpoint,
-        FakeHost::new("heal", 4096, 8192),
-        FakeMode::Manual,
-    )
-    .await
-    .unwrap();
+    t.cluster("heal").await;
+    let agent = t
+        .agent(FakeHost::new("heal", 4096, 8192), FakeMode::Manual)
+        .await;
     register(c, "worker", 64).await;
     c.create_service()
         .cluster("heal")
@@ -517,18 +501,10 @@ async fn a_stopped_task_is_replaced() {
 async fn a_rolling_update_replaces_every_task_and_collapses_to_one_deployment() {
     let t = start().await;
     let c = &t.client;
-    c.create_cluster()
-        .cluster_name("roll")
-        .send()
-        .await
-        .unwrap();
-    let _a = FakeAgent::start(
-        &t.endpoint,
-        FakeHost::new("roll", 8192, 8192),
-        FakeMode::AutoRun,
-    )
-    .await
-    .unwrap();
+    t.cluster("roll").await;
+    let _a = t
+        .agent(FakeHost::new("roll", 8192, 8192), FakeMode::AutoRun)
+        .await;
     register(c, "api", 64).await;
     let v2 = register(c, "api", 96).await;
     c.create_service()
@@ -588,14 +564,10 @@ async fn the_circuit_breaker_rolls_a_failing_revision_back() {
     // Restart gaps of 1 ms doubling, so ten failures take well under a second of waiting.
     let t = common::start_with(|config| config.engine.restart_delay_base_ms = 1).await;
     let c = &t.client;
-    c.create_cluster().cluster_name("cb").send().await.unwrap();
-    let agent = FakeAgent::start(
-        &t.endpoint,
-        FakeHost::new("cb", 8192, 16384),
-        FakeMode::Manual,
-    )
-    .await
-    .unwrap();
+    t.cluster("cb").await;
+    let agent = t
+        .agent(FakeHost::new("cb", 8192, 16384), FakeMode::Manual)
+        .await;
     let good = register(c, "flaky", 64).await;
     let bad = register(c, "flaky", 65).await;
     c.create_service()
@@ -703,21 +675,13 @@ async fn the_circuit_breaker_rolls_a_failing_revision_back() {
 async fn a_daemon_service_follows_hosts_joining_and_draining() {
     let t = start().await;
     let c = &t.client;
-    c.create_cluster().cluster_name("d").send().await.unwrap();
-    let _a = FakeAgent::start(
-        &t.endpoint,
-        FakeHost::new("d", 1024, 2048),
-        FakeMode::AutoRun,
-    )
-    .await
-    .unwrap();
-    let b = FakeAgent::start(
-        &t.endpoint,
-        FakeHost::new("d", 1024, 2048),
-        FakeMode::AutoRun,
-    )
-    .await
-    .unwrap();
+    t.cluster("d").await;
+    let _a = t
+        .agent(FakeHost::new("d", 1024, 2048), FakeMode::AutoRun)
+        .await;
+    let b = t
+        .agent(FakeHost::new("d", 1024, 2048), FakeMode::AutoRun)
+        .await;
     register(c, "logs", 32).await;
     let created = c
         .create_service()
@@ -740,13 +704,9 @@ async fn a_daemon_service_follows_hosts_joining_and_draining() {
     wait_stable(c, "d", "logs").await;
     assert_eq!(describe(c, "d", "logs").await.desired_count(), 2);
 
-    let _c3 = FakeAgent::start(
-        &t.endpoint,
-        FakeHost::new("d", 1024, 2048),
-        FakeMode::AutoRun,
-    )
-    .await
-    .unwrap();
+    let _c3 = t
+        .agent(FakeHost::new("d", 1024, 2048), FakeMode::AutoRun)
+        .await;
     eventually("a daemon task on the new host", || async {
         task_arns(c, "d", "logs").await.len() == 3
     })
@@ -779,18 +739,10 @@ async fn a_daemon_service_follows_hosts_joining_and_draining() {
 async fn an_unplaceable_service_says_why_in_its_events() {
     let t = start().await;
     let c = &t.client;
-    c.create_cluster()
-        .cluster_name("full")
-        .send()
-        .await
-        .unwrap();
-    let _a = FakeAgent::start(
-        &t.endpoint,
-        FakeHost::new("full", 1024, 512),
-        FakeMode::AutoRun,
-    )
-    .await
-    .unwrap();
+    t.cluster("full").await;
+    let _a = t
+        .agent(FakeHost::new("full", 1024, 512), FakeMode::AutoRun)
+        .await;
     register(c, "huge", 4096).await;
     c.create_service()
         .cluster("full")

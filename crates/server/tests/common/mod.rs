@@ -16,6 +16,29 @@ pub struct TestServer {
     _dir: tempfile::TempDir,
 }
 
+impl TestServer {
+    /// Creates a cluster (the step nearly every test starts with).
+    pub async fn cluster(&self, name: &str) {
+        self.client
+            .create_cluster()
+            .cluster_name(name)
+            .send()
+            .await
+            .expect("CreateCluster");
+    }
+
+    /// Starts a fake host that registers with this server.
+    pub async fn agent(
+        &self,
+        host: flotilla_testkit::FakeHost,
+        mode: flotilla_testkit::FakeMode,
+    ) -> flotilla_testkit::FakeAgent {
+        flotilla_testkit::FakeAgent::start(&self.endpoint, host, mode)
+            .await
+            .expect("the fake agent registers")
+    }
+}
+
 pub async fn start() -> TestServer {
     start_with(|_| {}).await
 }
