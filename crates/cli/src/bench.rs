@@ -281,49 +281,15 @@ fn percentile(sorted: &[Duration], q: f64) -> f64 {
 
 async fn bench_launch(iterations: usize) -> anyhow::Result<()> {
     let image = flotilla_docker::testing::ensure_test_image().map_err(|e| anyhow::anyhow!(e))?;
-    let (server, data_dir) = start_server(|_| {}).await?;
-    let endpoint = server.endpoint();
-    let client = ServerClient::new(&endpoint, test_identity());
-    let cluster = format!("bench-launch-{}", std::process::id());
-    call(&client, "CreateCluster", json!({"clusterName": cluster})).await?;
-    let runtime: Arc<dyn flotilla_agent::Runtime> =
-        Arc::new(flotilla_docker::DockerRuntime::connect().await?);
-    let agent_stop = tokio_util::sync::CancellationToken::new();
-    let mut agent_config = flotilla_agent::AgentConfig::new(
-        &endpoint,
-        &cluster,
-        test_identity(),
-        data_dir.join("agent"),
-    );
-    // Stopped bench containers are of no use to anyone: remove them at once.
-    agent_config.stopped_container_retention = Duration::ZERO;
-    let agent = tokio::spawn(flotilla_agent::run(
-        agent_config,
-        runtime,
-        agent_stop.clone(),
-    ));
+    let bench = DockerBench::start("bench-launch").await?;
+    let (client, cluster) = (bench.client.clone(), bench.cluster.clone());
     call(
         &client,
         "RegisterTaskDefinition",
         json!({"family": "launch", "containerDefinitions": [{"name": "main", "image": image, "memory": 16, "command": ["sleep", "3600"], "stopTimeout": 2}]}),
     )
     .await?;
-    // Wait for the agent to register.
-    for _ in 0..200 {
-        let listed = call(
-            &client,
-            "ListContainerInstances",
-            json!({"cluster": cluster}),
-        )
-        .await?;
-        if listed["containerInstanceArns"]
-            .as_array()
-            .is_some_and(|a| !a.is_empty())
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    bench.wait_for_agent().await?;
     println!(
         "flotilla bench launch: {iterations} launches each of `{image}` (sleep), one at a time"
     );
@@ -419,12 +385,7 @@ async fn bench_launch(iterations: usize) -> anyhow::Result<()> {
         "flotilla adds                  p50 {:>7.1} ms",
         percentile(&flotilla, 0.5) - percentile(&docker, 0.5)
     );
-    agent_stop.cancel();
-    let _ = agent.await;
-    server.shutdown().await;
-    remove_cluster_containers(&cluster).await?;
-    let _ = std::fs::remove_dir_all(&data_dir);
-    Ok(())
+    bench.finish().await
 }
 
 /// The service's RUNNING tasks (desired RUNNING, last status RUNNING) with their task
@@ -512,26 +473,8 @@ async fn wait_service_stable(
 
 async fn bench_service(tasks: u32, kills: usize) -> anyhow::Result<()> {
     let image = flotilla_docker::testing::ensure_test_image().map_err(|e| anyhow::anyhow!(e))?;
-    let (server, data_dir) = start_server(|_| {}).await?;
-    let endpoint = server.endpoint();
-    let client = ServerClient::new(&endpoint, test_identity());
-    let cluster = format!("bench-service-{}", std::process::id());
-    call(&client, "CreateCluster", json!({"clusterName": cluster})).await?;
-    let runtime: Arc<dyn flotilla_agent::Runtime> =
-        Arc::new(flotilla_docker::DockerRuntime::connect().await?);
-    let agent_stop = tokio_util::sync::CancellationToken::new();
-    let mut agent_config = flotilla_agent::AgentConfig::new(
-        &endpoint,
-        &cluster,
-        test_identity(),
-        data_dir.join("agent"),
-    );
-    agent_config.stopped_container_retention = Duration::ZERO;
-    let agent = tokio::spawn(flotilla_agent::run(
-        agent_config,
-        runtime,
-        agent_stop.clone(),
-    ));
+    let bench = DockerBench::start("bench-service").await?;
+    let (client, cluster) = (bench.client.clone(), bench.cluster.clone());
     for revision in ["1", "2"] {
         call(
             &client,
@@ -540,21 +483,7 @@ async fn bench_service(tasks: u32, kills: usize) -> anyhow::Result<()> {
         )
         .await?;
     }
-    for _ in 0..400 {
-        let listed = call(
-            &client,
-            "ListContainerInstances",
-            json!({"cluster": cluster}),
-        )
-        .await?;
-        if listed["containerInstanceArns"]
-            .as_array()
-            .is_some_and(|a| !a.is_empty())
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    bench.wait_for_agent().await?;
     let result = async {
         println!("flotilla bench service: {tasks} tasks of `{image}` (sleep), one agent");
         let started = Instant::now();
@@ -651,12 +580,82 @@ async fn bench_service(tasks: u32, kills: usize) -> anyhow::Result<()> {
         Ok::<_, anyhow::Error>(())
     }
     .await;
-    agent_stop.cancel();
-    let _ = agent.await;
-    server.shutdown().await;
-    remove_cluster_containers(&cluster).await?;
-    let _ = std::fs::remove_dir_all(&data_dir);
+    bench.finish().await?;
     result
+}
+
+/// An in-process server with one agent on the local Docker Engine, in a cluster of its own.
+struct DockerBench {
+    server: flotilla_server::RunningServer,
+    data_dir: std::path::PathBuf,
+    client: ServerClient,
+    cluster: String,
+    agent_stop: tokio_util::sync::CancellationToken,
+    agent: tokio::task::JoinHandle<Result<(), flotilla_agent::AgentError>>,
+}
+
+impl DockerBench {
+    async fn start(prefix: &str) -> anyhow::Result<Self> {
+        let (server, data_dir) = start_server(|_| {}).await?;
+        let endpoint = server.endpoint();
+        let client = ServerClient::new(&endpoint, test_identity());
+        let cluster = format!("{prefix}-{}", std::process::id());
+        call(&client, "CreateCluster", json!({"clusterName": cluster})).await?;
+        let runtime: Arc<dyn flotilla_agent::Runtime> =
+            Arc::new(flotilla_docker::DockerRuntime::connect().await?);
+        let agent_stop = tokio_util::sync::CancellationToken::new();
+        let mut agent_config = flotilla_agent::AgentConfig::new(
+            &endpoint,
+            &cluster,
+            test_identity(),
+            data_dir.join("agent"),
+        );
+        // Stopped bench containers are of no use to anyone: remove them at once.
+        agent_config.stopped_container_retention = Duration::ZERO;
+        let agent = tokio::spawn(flotilla_agent::run(
+            agent_config,
+            runtime,
+            agent_stop.clone(),
+        ));
+        Ok(Self {
+            server,
+            data_dir,
+            client,
+            cluster,
+            agent_stop,
+            agent,
+        })
+    }
+
+    /// Waits (bounded, 10 s) until the agent has registered.
+    async fn wait_for_agent(&self) -> anyhow::Result<()> {
+        for _ in 0..400 {
+            let listed = call(
+                &self.client,
+                "ListContainerInstances",
+                json!({"cluster": self.cluster}),
+            )
+            .await?;
+            if listed["containerInstanceArns"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        anyhow::bail!("the agent never registered")
+    }
+
+    /// Stops the agent and the server and removes the cluster's containers and data.
+    async fn finish(self) -> anyhow::Result<()> {
+        self.agent_stop.cancel();
+        let _ = self.agent.await;
+        self.server.shutdown().await;
+        remove_cluster_containers(&self.cluster).await?;
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+        Ok(())
+    }
 }
 
 /// Removes every container a bench's cluster left on the local Docker Engine.
