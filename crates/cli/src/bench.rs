@@ -658,7 +658,8 @@ impl DockerBench {
     }
 }
 
-/// Removes every container a bench's cluster left on the local Docker Engine.
+/// Removes every container a bench's cluster left on the local Docker Engine, then the
+/// cluster's network (Docker has address pools for only about 30 networks).
 pub(crate) async fn remove_cluster_containers(cluster: &str) -> anyhow::Result<()> {
     let leftovers = tokio::process::Command::new("docker")
         .args([
@@ -681,6 +682,10 @@ pub(crate) async fn remove_cluster_containers(cluster: &str) -> anyhow::Result<(
             .output()
             .await?;
     }
+    tokio::process::Command::new("docker")
+        .args(["network", "rm", &format!("flotilla-{cluster}")])
+        .output()
+        .await?;
     Ok(())
 }
 

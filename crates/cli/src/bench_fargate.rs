@@ -181,10 +181,6 @@ pub(super) async fn bench_fargate(iterations: usize) -> anyhow::Result<()> {
     }
     server.shutdown().await;
     super::remove_cluster_containers(&cluster).await?;
-    let _ = tokio::process::Command::new("docker")
-        .args(["network", "rm", &format!("flotilla-{cluster}")])
-        .output()
-        .await;
     let _ = std::fs::remove_dir_all(&data_dir);
     Ok(())
 }

@@ -24,7 +24,9 @@ impl Drop for Process {
     }
 }
 
-/// Removes every container a test's cluster left behind, even when the test fails.
+/// Removes every container a test's cluster left behind, and the cluster's Docker network
+/// (agents make one per cluster; Docker has address pools for only about 30), even when the
+/// test fails.
 pub struct Containers(pub String);
 
 impl Drop for Containers {
@@ -51,6 +53,9 @@ impl Drop for Containers {
                 .args(&ids)
                 .output();
         }
+        let _ = Command::new("docker")
+            .args(["network", "rm", &format!("flotilla-{}", self.0)])
+            .output();
     }
 }
 
