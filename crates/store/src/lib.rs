@@ -15,11 +15,24 @@
 //! - List then watch without gaps or duplicates by watching from `range().revision + 1`.
 //! - A [`Watcher`] is bounded: a consumer that falls [`WATCH_BUFFER_MAX`] transactions behind
 //!   gets [`StoreError::WatchLagged`] and must re-list.
+//!
+//! How the embedded backend keeps its promises (the modules hold the details):
+//! - Durability: a transaction is answered Committed only once its effects are synced to
+//!   disk: in the write-ahead log (`<state file>.wal`, one `fdatasync` per batch of
+//!   transactions), from which every open replays what redb's own file lacks. redb commits
+//!   each batch without syncing and is made durable by a checkpoint every 64 MiB of log or
+//!   30 s, and at shutdown, after which the log starts over.
+//! - Atomicity across a crash: a batch is one log frame with a checksum; a frame torn by a
+//!   crash fails its checksum and is ignored with everything after it, and it was never
+//!   acknowledged.
+//! - Revisions survive a crash: recovery restores the revision of the last logged batch,
+//!   and new transactions continue from it.
 
 #[doc(hidden)]
 pub mod conformance;
 mod record;
 mod redb_store;
+mod wal;
 mod watch;
 mod writer;
 
@@ -28,7 +41,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-pub use redb_store::RedbStore;
+pub use redb_store::{
+    CHECKPOINT_LOG_BYTES_MAX, CHECKPOINT_LOG_BYTES_MIN, RedbStore, StoreOptions, log_path,
+};
 pub use watch::{HISTORY_BYTES_MAX, HISTORY_EVENTS_MAX};
 pub use writer::{BATCH_BYTES_MAX, TXN_QUEUE_MAX, TXNS_PER_COMMIT_MAX};
 

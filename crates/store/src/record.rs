@@ -19,7 +19,7 @@ pub(crate) const META_FORMAT: &str = "format";
 /// The layout above. Bump it (and teach [`crate::RedbStore::open`] to migrate) when it changes.
 pub(crate) const FORMAT: u64 = 1;
 
-const HEADER_BYTES: usize = 24;
+pub(crate) const HEADER_BYTES: usize = 24;
 
 /// Maps a redb failure to a [`StoreError`] that says what the store was doing.
 pub(crate) fn redb_error<E: Into<redb::Error>>(doing: &str) -> impl Fn(E) -> StoreError + '_ {
@@ -37,7 +37,7 @@ pub(crate) struct Header {
     pub version: u64,
 }
 
-/// A full record as the writer holds it while a batch is being evaluated.
+/// A decoded record: what a read returns and what a delete's event carries.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Record {
     pub header: Header,
@@ -56,13 +56,20 @@ impl Record {
     }
 }
 
+#[cfg(test)]
 pub(crate) fn encode(header: Header, value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_BYTES + value.len());
-    out.extend_from_slice(&header.create_revision.to_le_bytes());
-    out.extend_from_slice(&header.mod_revision.to_le_bytes());
-    out.extend_from_slice(&header.version.to_le_bytes());
-    out.extend_from_slice(value);
+    let mut out = vec![0; HEADER_BYTES + value.len()];
+    encode_into(header, value, &mut out);
     out
+}
+
+/// Writes the record into `out`, which is exactly `HEADER_BYTES + value.len()` long: the
+/// writer hands it the space redb reserved in the page, so the value is copied once.
+pub(crate) fn encode_into(header: Header, value: &[u8], out: &mut [u8]) {
+    out[0..8].copy_from_slice(&header.create_revision.to_le_bytes());
+    out[8..16].copy_from_slice(&header.mod_revision.to_le_bytes());
+    out[16..24].copy_from_slice(&header.version.to_le_bytes());
+    out[HEADER_BYTES..].copy_from_slice(value);
 }
 
 pub(crate) fn decode_header(key: &str, bytes: &[u8]) -> Result<Header, StoreError> {

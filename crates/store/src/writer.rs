@@ -3,23 +3,48 @@
 //! Callers queue transactions on a bounded channel. The writer takes every queued one (up to
 //! [`TXNS_PER_COMMIT_MAX`] / [`BATCH_BYTES_MAX`]), evaluates them in queue order against the
 //! state as left by the earlier ones of the same batch (an overlay in front of the table), so
-//! every outcome is exactly what one-at-a-time execution would give, writes the winners in
-//! one redb write transaction, commits it durably once, publishes the events, and only then
-//! answers the callers. One fsync thus covers a whole batch, which is what lets the API reach
-//! thousands of writes per second on one disk while never acknowledging a write a crash could
-//! lose. There is no timer: under light load a batch is one transaction, under heavy load the
-//! queue fills while the previous commit is syncing.
+//! every outcome is exactly what one-at-a-time execution would give, and makes the winners
+//! durable once for the whole batch before it publishes the events and answers the callers.
+//! One sync thus covers a whole batch, which is what lets the API reach thousands of writes
+//! per second on one disk while never acknowledging a write a crash could lose. There is no
+//! timer: under light load a batch is one transaction, under heavy load the queue fills while
+//! the previous batch is syncing.
+//!
+//! On disk (see [`crate::wal`] for the log's own invariants):
+//!
+//! ```text
+//! batch:       evaluate -> frame of final key states -> WAL write + fdatasync
+//!                       -> redb commit, Durability::None -> publish -> answer
+//! checkpoint:  redb commit, Durability::Immediate -> WAL reset
+//!              (after a batch once the log holds CHECKPOINT_LOG_BYTES or its oldest frame
+//!               is CHECKPOINT_INTERVAL old, and at shutdown)
+//! ```
+//! A durable redb commit rewrites and syncs every B-tree page the batch touched, scattered
+//! over the file (20-30 ms for a 500-op placement batch); the log's one sequential write is
+//! a few milliseconds, and a checkpoint pays redb's cost once for many batches, whose pages
+//! overlap. Without a log (the in-memory store, or [`crate::StoreOptions`] turning it off)
+//! every batch commits with `Durability::Immediate` instead.
+//!
+//! After a storage failure the writer refuses every later batch: once a sync has failed the
+//! kernel may have dropped the unsynced data, and once a frame is logged but redb refused
+//! the batch, memory and disk disagree. Reopening the store recovers from the disk.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::record::{self, Header, KV, META, META_REVISION, Record, redb_error};
+use crate::record::{self, HEADER_BYTES, Header, KV, META, META_REVISION, redb_error};
+use crate::wal::Wal;
 use crate::watch::{Committed, WatchHub};
-use crate::{Compare, EventKind, Op, Revision, StoreError, Txn, TxnOutcome, WatchEvent};
+use crate::{Compare, EventKind, KeyValue, Op, Revision, StoreError, Txn, TxnOutcome, WatchEvent};
+
+/// Batches writing at least this many keys sync the log on a helper thread while the writer
+/// inserts into redb.
+const OVERLAPPED_INSERTS_MIN: usize = 64;
 
 /// Transactions that may wait for the writer; callers beyond it wait for room (backpressure
 /// instead of unbounded memory).
@@ -55,10 +80,70 @@ pub(crate) struct Shared {
     pub closing: AtomicBool,
 }
 
-/// Runs the writer until shutdown; to be called on its own thread.
-pub(crate) fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<Request>) {
+/// The write-ahead log and when to checkpoint it.
+pub(crate) struct Log {
+    pub wal: Wal,
+    /// Checkpoint once the log holds this many bytes.
+    pub checkpoint_bytes: u64,
+    /// Checkpoint once the oldest frame not yet checkpointed is this old.
+    pub checkpoint_interval: Duration,
+    /// When the oldest frame not yet checkpointed was written; None while the log is empty.
+    oldest_frame: Option<Instant>,
+}
+
+impl Log {
+    pub fn new(wal: Wal, checkpoint_bytes: u64, checkpoint_interval: Duration) -> Self {
+        let oldest_frame = (wal.bytes() > 0).then(Instant::now);
+        Self {
+            wal,
+            checkpoint_bytes,
+            checkpoint_interval,
+            oldest_frame,
+        }
+    }
+
+    fn checkpoint_due(&self, now: Instant) -> bool {
+        self.wal.bytes() >= self.checkpoint_bytes
+            || self
+                .oldest_frame
+                .is_some_and(|oldest| now.duration_since(oldest) >= self.checkpoint_interval)
+    }
+
+    /// Makes redb durable up to its last commit (`revision`), then resets the log, whose
+    /// frames redb now holds.
+    pub fn checkpoint(&mut self, db: &Database, revision: Revision) -> Result<(), StoreError> {
+        let mut write = db
+            .begin_write()
+            .map_err(redb_error("starting a checkpoint"))?;
+        write
+            .set_durability(Durability::Immediate)
+            .map_err(|e| StoreError::Storage(format!("requesting a durable checkpoint: {e}")))?;
+        {
+            // Rewriting the revision (unchanged) gives the commit something to write, so it
+            // is a real durable commit whatever redb does with empty ones.
+            let mut meta = write
+                .open_table(META)
+                .map_err(redb_error("opening the meta table"))?;
+            meta.insert(META_REVISION, revision)
+                .map_err(redb_error("recording the revision"))?;
+        }
+        write
+            .commit()
+            .map_err(redb_error("committing a checkpoint"))?;
+        self.wal.reset()?;
+        self.oldest_frame = None;
+        Ok(())
+    }
+}
+
+/// Runs the writer until shutdown; to be called on its own thread. With a `log`, batches go
+/// to the log and redb commits without syncing; a checkpoint at the end leaves nothing to
+/// replay at the next open.
+pub(crate) fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<Request>, mut log: Option<Log>) {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut revision = shared.revision.load(Ordering::Acquire);
+        // The failure that stopped the writer from writing; every later batch gets it.
+        let mut failed: Option<StoreError> = None;
         // Once closed, the queue still yields what was already in it, then None.
         while let Some(first) = queue.blocking_recv() {
             let mut batch = Vec::new();
@@ -77,12 +162,35 @@ pub(crate) fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<Request>) {
                     next = queue.try_recv().ok();
                 }
             }
-            if !batch.is_empty() {
-                revision = commit_batch(&shared, revision, batch);
+            if let Some(error) = &failed {
+                for pending in batch {
+                    let _ = pending.reply.send(Err(error.clone()));
+                }
+            } else if !batch.is_empty() {
+                match commit_batch(&shared, revision, batch, log.as_mut()) {
+                    Ok(last) => revision = last,
+                    Err(error) => failed = Some(stopped(error)),
+                }
+            }
+            if failed.is_none()
+                && let Some(log) = log.as_mut()
+                && log.checkpoint_due(Instant::now())
+                && let Err(error) = log.checkpoint(&shared.db, revision)
+            {
+                tracing::error!(%error, "a state store checkpoint failed");
+                failed = Some(stopped(error));
             }
             if stop || shared.closing.load(Ordering::Acquire) {
                 queue.close();
             }
+        }
+        if failed.is_none()
+            && let Some(log) = log.as_mut()
+            && log.wal.bytes() > 0
+            && let Err(error) = log.checkpoint(&shared.db, revision)
+        {
+            // Nothing is lost: the log still holds every batch and the next open replays it.
+            tracing::error!(%error, "the shutdown checkpoint of the state store failed");
         }
     }));
     if result.is_err() {
@@ -93,10 +201,32 @@ pub(crate) fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<Request>) {
     }
 }
 
-/// Commits one batch and answers its callers. Returns the new last revision.
-fn commit_batch(shared: &Shared, base: Revision, batch: Vec<Pending>) -> Revision {
-    let txns: Vec<&Txn> = batch.iter().map(|p| &p.txn).collect();
-    match apply_batch(&shared.db, base, &txns) {
+/// The error later batches get once the writer has stopped writing because of `cause`.
+fn stopped(cause: StoreError) -> StoreError {
+    match cause {
+        StoreError::Storage(message) => StoreError::Storage(format!(
+            "{message}; the store refuses writes until it is reopened (restart the server once \
+             the disk is fixed)"
+        )),
+        other => other,
+    }
+}
+
+/// Commits one batch and answers its callers. Returns the new last revision, or the storage
+/// failure every caller of the batch was answered with.
+fn commit_batch(
+    shared: &Shared,
+    base: Revision,
+    mut batch: Vec<Pending>,
+    log: Option<&mut Log>,
+) -> Result<Revision, StoreError> {
+    // The writer owns the transactions, so their values move into the events instead of
+    // being copied.
+    let mut txns: Vec<Txn> = batch
+        .iter_mut()
+        .map(|pending| std::mem::take(&mut pending.txn))
+        .collect();
+    match apply_batch(&shared.db, base, &mut txns, log) {
         Ok(applied) => {
             if applied.last != base {
                 shared.revision.store(applied.last, Ordering::Release);
@@ -106,14 +236,14 @@ fn commit_batch(shared: &Shared, base: Revision, batch: Vec<Pending>) -> Revisio
                 // A caller that stopped waiting is not an error.
                 let _ = pending.reply.send(outcome);
             }
-            applied.last
+            Ok(applied.last)
         }
         Err(error) => {
             tracing::error!(%error, transactions = batch.len(), "a state store commit failed");
             for pending in batch {
                 let _ = pending.reply.send(Err(error.clone()));
             }
-            base
+            Err(error)
         }
     }
 }
@@ -126,43 +256,62 @@ pub(crate) struct Applied {
     pub last: Revision,
 }
 
+/// A key's state staged by the batch: its header, and where its value is, which is the
+/// put event that wrote it (`(transaction, event)`: an index into the batch's committed
+/// transactions, or the transaction being evaluated when it is `committed.len()`).
+#[derive(Clone, Copy, Debug)]
+struct Staged {
+    header: Header,
+    event: (usize, usize),
+}
+
+/// A key's state in the batch so far; None: deleted.
+type Overlay<'t> = BTreeMap<&'t str, Option<Staged>>;
+
 /// What evaluating one transaction against the batch's state decided.
-enum Evaluated {
+enum Evaluated<'t> {
     Conflict(String),
     /// Compares held and there is nothing to write.
     Check,
     Write {
-        changes: Vec<(String, Option<Record>)>,
+        /// The final state of each key the transaction wrote.
+        changes: HashMap<&'t str, Option<Staged>>,
         events: Vec<WatchEvent>,
     },
 }
 
 /// Evaluates `txns` in order, each seeing the effects of the earlier ones, and commits the
-/// writes of all that succeed in one durable redb transaction. If nothing was written the
-/// redb transaction is aborted instead: conflicts and checks cost no fsync.
+/// writes of all that succeed in one redb transaction: after logging them (`log`) and without
+/// a sync, or (no log) durably. If nothing was written the redb transaction is aborted
+/// instead: conflicts and checks cost no sync. The values of the transactions' puts are
+/// moved out of `txns` into the events.
 pub(crate) fn apply_batch(
     db: &Database,
     base: Revision,
-    txns: &[&Txn],
+    txns: &mut [Txn],
+    log: Option<&mut Log>,
 ) -> Result<Applied, StoreError> {
     let mut write = db
         .begin_write()
         .map_err(redb_error("starting a write transaction"))?;
+    let durability = match log {
+        Some(_) => Durability::None,
+        None => Durability::Immediate,
+    };
     write
-        .set_durability(Durability::Immediate)
-        .map_err(|e| StoreError::Storage(format!("requesting a durable commit: {e}")))?;
+        .set_durability(durability)
+        .map_err(|e| StoreError::Storage(format!("setting the commit's durability: {e}")))?;
     let mut outcomes = Vec::with_capacity(txns.len());
-    let mut committed = Vec::new();
+    let mut committed: Vec<Committed> = Vec::new();
     let mut revision = base;
     {
         let mut table = write
             .open_table(KV)
             .map_err(redb_error("opening the kv table"))?;
-        // The batch's writes so far, by key (None: deleted). Sorted, so the final inserts hit
-        // the B-tree in order.
-        let mut overlay: BTreeMap<String, Option<Record>> = BTreeMap::new();
-        for txn in txns {
-            let outcome = match evaluate(&table, &overlay, txn, revision + 1) {
+        // Sorted, so the log lists keys in order and the inserts hit the B-tree in order.
+        let mut overlay: Overlay<'_> = BTreeMap::new();
+        for txn in txns.iter_mut() {
+            let outcome = match evaluate(&table, &overlay, &committed, txn, revision + 1) {
                 Ok(Evaluated::Conflict(key)) => Ok(TxnOutcome::Conflict { key }),
                 Ok(Evaluated::Check) => Ok(TxnOutcome::Committed { revision }),
                 Ok(Evaluated::Write { changes, events }) => {
@@ -186,21 +335,56 @@ pub(crate) fn apply_batch(
                 last: base,
             });
         }
-        for (key, state) in overlay {
-            match state {
-                Some(record) => {
-                    table
-                        .insert(
-                            key.as_str(),
-                            record::encode(record.header, &record.value).as_slice(),
-                        )
-                        .map_err(redb_error("writing a record"))?;
+        let value = |event: (usize, usize)| committed[event.0].events[event.1].kv.value.as_slice();
+        let insert_all = |table: &mut redb::Table<&str, &[u8]>| -> Result<(), StoreError> {
+            for (key, state) in &overlay {
+                match state {
+                    Some(staged) => {
+                        let value = value(staged.event);
+                        // The value goes straight into the page: one copy, no buffer.
+                        let mut slot = table
+                            .insert_reserve(*key, HEADER_BYTES + value.len())
+                            .map_err(redb_error("writing a record"))?;
+                        record::encode_into(staged.header, value, slot.as_mut());
+                    }
+                    None => {
+                        table
+                            .remove(*key)
+                            .map_err(redb_error("deleting a record"))?;
+                    }
                 }
-                None => {
-                    table
-                        .remove(key.as_str())
-                        .map_err(redb_error("deleting a record"))?;
+            }
+            Ok(())
+        };
+        match log {
+            None => insert_all(&mut table)?,
+            Some(log) => {
+                let mut frame = log.wal.frame();
+                for (key, state) in &overlay {
+                    match state {
+                        Some(staged) => frame.put(key, staged.header, value(staged.event)),
+                        None => frame.delete(key),
+                    }
                 }
+                // redb may commit only once the frame is synced; until then the inserts are
+                // invisible, so they can overlap the log's write and sync. A thread costs tens
+                // of microseconds, worth it only when there are many inserts to overlap.
+                if overlay.len() >= OVERLAPPED_INSERTS_MIN {
+                    std::thread::scope(|scope| {
+                        let logging = scope.spawn(|| log.wal.append(base + 1, revision));
+                        let inserted = insert_all(&mut table);
+                        let logged = logging.join().unwrap_or_else(|_| {
+                            Err(StoreError::Storage(
+                                "the write-ahead log thread panicked".into(),
+                            ))
+                        });
+                        logged.and(inserted)
+                    })?;
+                } else {
+                    log.wal.append(base + 1, revision)?;
+                    insert_all(&mut table)?;
+                }
+                log.oldest_frame.get_or_insert_with(Instant::now);
             }
         }
         let mut meta = write
@@ -220,26 +404,27 @@ pub(crate) fn apply_batch(
 }
 
 /// Where a key's current state comes from while a transaction is being evaluated: its own
-/// earlier ops, then earlier transactions of the batch, then the table.
-struct View<'a, T> {
+/// earlier ops, then earlier transactions of the batch, then the table. Both staged layers
+/// are maps, so a transaction of hundreds of ops costs one lookup per op, not a scan.
+struct View<'a, 't, T> {
     table: &'a T,
-    overlay: &'a BTreeMap<String, Option<Record>>,
-    local: &'a [(String, Option<Record>)],
+    overlay: &'a Overlay<'t>,
+    committed: &'a [Committed],
+    changes: &'a HashMap<&'t str, Option<Staged>>,
+    events: &'a [WatchEvent],
 }
 
-impl<T: ReadableTable<&'static str, &'static [u8]>> View<'_, T> {
-    fn staged(&self, key: &str) -> Option<&Option<Record>> {
-        self.local
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, state)| state)
+impl<T: ReadableTable<&'static str, &'static [u8]>> View<'_, '_, T> {
+    fn staged(&self, key: &str) -> Option<Option<Staged>> {
+        self.changes
+            .get(key)
             .or_else(|| self.overlay.get(key))
+            .copied()
     }
 
     fn header(&self, key: &str) -> Result<Option<Header>, StoreError> {
         if let Some(state) = self.staged(key) {
-            return Ok(state.as_ref().map(|r| r.header));
+            return Ok(state.map(|s| s.header));
         }
         match self
             .table
@@ -251,36 +436,53 @@ impl<T: ReadableTable<&'static str, &'static [u8]>> View<'_, T> {
         }
     }
 
-    fn record(&self, key: &str) -> Result<Option<Record>, StoreError> {
+    /// The key's current header and value (a copy: a delete's event carries it).
+    fn record(&self, key: &str) -> Result<Option<(Header, Vec<u8>)>, StoreError> {
         if let Some(state) = self.staged(key) {
-            return Ok(state.clone());
+            return Ok(state.map(|staged| {
+                let (txn, event) = staged.event;
+                let events = match self.committed.get(txn) {
+                    Some(committed) => &committed.events,
+                    None => self.events,
+                };
+                (staged.header, events[event].kv.value.clone())
+            }));
         }
         match self
             .table
             .get(key)
             .map_err(redb_error("reading a record"))?
         {
-            Some(bytes) => record::decode(key, bytes.value()).map(Some),
+            Some(bytes) => {
+                let record = record::decode(key, bytes.value())?;
+                Ok(Some((record.header, record.value)))
+            }
             None => Ok(None),
         }
     }
 }
 
 /// Decides one transaction without touching the table, so a failure part way (a corrupt
-/// record) leaves nothing behind and affects no other transaction.
-fn evaluate<T: ReadableTable<&'static str, &'static [u8]>>(
+/// record) leaves nothing behind and affects no other transaction. Takes the values of the
+/// puts out of `txn` once the compares hold.
+fn evaluate<'t, T: ReadableTable<&'static str, &'static [u8]>>(
     table: &T,
-    overlay: &BTreeMap<String, Option<Record>>,
-    txn: &Txn,
+    overlay: &Overlay<'t>,
+    committed: &[Committed],
+    txn: &'t mut Txn,
     revision: Revision,
-) -> Result<Evaluated, StoreError> {
-    let mut changes: Vec<(String, Option<Record>)> = Vec::new();
+) -> Result<Evaluated<'t>, StoreError> {
+    let this_txn = committed.len();
+    let mut changes: HashMap<&'t str, Option<Staged>> = HashMap::new();
+    let mut events: Vec<WatchEvent> = Vec::new();
     for compare in &txn.compares {
         let Compare::ModRevision { key, mod_revision } = compare;
         let view = View {
             table,
             overlay,
-            local: &changes,
+            committed,
+            changes: &changes,
+            events: &events,
         };
         let actual = view.header(key)?.map_or(0, |h| h.mod_revision);
         if actual != *mod_revision {
@@ -290,12 +492,15 @@ fn evaluate<T: ReadableTable<&'static str, &'static [u8]>>(
     if txn.ops.is_empty() {
         return Ok(Evaluated::Check);
     }
-    let mut events = Vec::with_capacity(txn.ops.len());
-    for op in &txn.ops {
+    changes.reserve(txn.ops.len());
+    events.reserve(txn.ops.len());
+    for op in txn.ops.iter_mut() {
         let view = View {
             table,
             overlay,
-            local: &changes,
+            committed,
+            changes: &changes,
+            events: &events,
         };
         match op {
             Op::Put { key, value } => {
@@ -311,24 +516,38 @@ fn evaluate<T: ReadableTable<&'static str, &'static [u8]>>(
                         version: 1,
                     },
                 };
-                let record = Record {
-                    header,
-                    value: value.clone(),
-                };
+                let key: &'t str = key;
+                changes.insert(
+                    key,
+                    Some(Staged {
+                        header,
+                        event: (this_txn, events.len()),
+                    }),
+                );
                 events.push(WatchEvent {
                     kind: EventKind::Put,
-                    kv: record.clone().into_key_value(key.clone()),
+                    kv: KeyValue {
+                        key: key.to_owned(),
+                        value: std::mem::take(value),
+                        create_revision: header.create_revision,
+                        mod_revision: header.mod_revision,
+                        version: header.version,
+                    },
                 });
-                changes.push((key.clone(), Some(record)));
             }
             Op::Delete { key } => {
-                if let Some(mut previous) = view.record(key)? {
-                    previous.header.mod_revision = revision;
+                if let Some((previous, value)) = view.record(key)? {
                     events.push(WatchEvent {
                         kind: EventKind::Delete,
-                        kv: previous.into_key_value(key.clone()),
+                        kv: KeyValue {
+                            key: key.clone(),
+                            value,
+                            create_revision: previous.create_revision,
+                            mod_revision: revision,
+                            version: previous.version,
+                        },
                     });
-                    changes.push((key.clone(), None));
+                    changes.insert(key, None);
                 }
             }
         }
@@ -389,7 +608,7 @@ mod tests {
     #[test]
     fn a_batch_sees_its_own_earlier_writes() {
         let db = memory_db();
-        let txns = [
+        let mut txns = [
             cas("k", 0, vec![put("k", b"1")]),                 // creates k at 1
             cas("k", 0, vec![put("k", b"x")]),                 // conflict: k exists now
             cas("k", 1, vec![put("k", b"2")]),                 // 2
@@ -398,8 +617,7 @@ mod tests {
             cas("k", 3, vec![]),                               // conflict: k was re-created at 4
             cas("k", 4, vec![]),                               // check only: revision 4
         ];
-        let refs: Vec<&Txn> = txns.iter().collect();
-        let applied = apply_batch(&db, 0, &refs).unwrap();
+        let applied = apply_batch(&db, 0, &mut txns, None).unwrap();
         let outcomes: Vec<TxnOutcome> = applied.outcomes.into_iter().map(Result::unwrap).collect();
         use TxnOutcome::*;
         assert_eq!(
@@ -429,9 +647,8 @@ mod tests {
     #[test]
     fn a_batch_without_writes_commits_nothing() {
         let db = memory_db();
-        let txns = [cas("k", 5, vec![put("k", b"1")]), cas("k", 0, vec![])];
-        let refs: Vec<&Txn> = txns.iter().collect();
-        let applied = apply_batch(&db, 0, &refs).unwrap();
+        let mut txns = [cas("k", 5, vec![put("k", b"1")]), cas("k", 0, vec![])];
+        let applied = apply_batch(&db, 0, &mut txns, None).unwrap();
         assert_eq!(applied.last, 0);
         assert!(dump(&db).is_empty());
     }
@@ -446,13 +663,12 @@ mod tests {
             .insert("bad", &b"xx"[..])
             .unwrap();
         write.commit().unwrap();
-        let txns = [
+        let mut txns = [
             cas("a", 0, vec![put("a", b"1")]),
             cas("bad", 0, vec![put("b", b"never")]),
             cas("a", 1, vec![put("a", b"2")]),
         ];
-        let refs: Vec<&Txn> = txns.iter().collect();
-        let applied = apply_batch(&db, 0, &refs).unwrap();
+        let applied = apply_batch(&db, 0, &mut txns, None).unwrap();
         assert!(matches!(
             applied.outcomes[0],
             Ok(TxnOutcome::Committed { revision: 1 })
@@ -509,7 +725,7 @@ mod tests {
         let mut serial_events = Vec::new();
         let mut revision = 0;
         for txn in &txns {
-            let applied = apply_batch(&serial, revision, &[txn]).unwrap();
+            let applied = apply_batch(&serial, revision, &mut [txn.clone()], None).unwrap();
             revision = applied.last;
             serial_outcomes.extend(applied.outcomes.into_iter().map(Result::unwrap));
             serial_events.extend(
@@ -527,9 +743,9 @@ mod tests {
         let mut rest: &[Txn] = &txns;
         while !rest.is_empty() {
             let size = (next(40) as usize + 1).min(rest.len());
-            let refs: Vec<&Txn> = rest[..size].iter().collect();
+            let mut chunk = rest[..size].to_vec();
             rest = &rest[size..];
-            let applied = apply_batch(&batched, revision, &refs).unwrap();
+            let applied = apply_batch(&batched, revision, &mut chunk, None).unwrap();
             revision = applied.last;
             batched_outcomes.extend(applied.outcomes.into_iter().map(Result::unwrap));
             batched_events.extend(

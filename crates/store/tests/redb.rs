@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use flotilla_store::{
-    Compare, Op, RangeRequest, RedbStore, Store, StoreError, Txn, TxnOutcome, conformance,
+    Compare, KeyValue, Op, RangeRequest, RedbStore, Store, StoreError, StoreOptions, Txn,
+    TxnOutcome, conformance, log_path,
 };
 
 fn put(key: &str, value: &[u8]) -> Txn {
@@ -199,6 +200,8 @@ fn a_file_that_is_not_a_state_file_is_refused() {
 }
 
 const WRITER_ENV: &str = "FLOTILLA_STORE_CRASH_WRITER";
+/// Optional, for the child: `checkpoint_bytes,value_bytes,preallocate(0|1)`.
+const WRITER_OPTIONS_ENV: &str = "FLOTILLA_STORE_CRASH_OPTIONS";
 const WORKERS: usize = 4;
 
 /// In the child process only (the parent re-executes this binary): write forever and print
@@ -209,7 +212,16 @@ async fn crash_writer_child() {
     let Ok(path) = std::env::var(WRITER_ENV) else {
         return;
     };
-    let store = Arc::new(RedbStore::open(Path::new(&path)).expect("open in the child"));
+    let mut options = StoreOptions::default();
+    let mut value_bytes = 8;
+    if let Ok(spec) = std::env::var(WRITER_OPTIONS_ENV) {
+        let fields: Vec<u64> = spec.split(',').map(|f| f.parse().unwrap()).collect();
+        options.checkpoint_log_bytes = fields[0];
+        value_bytes = fields[1] as usize;
+        options.preallocate_log = fields[2] == 1;
+    }
+    let store =
+        Arc::new(RedbStore::open_with(Path::new(&path), &options).expect("open in the child"));
     let handles: Vec<_> = (0..WORKERS)
         .map(|worker| {
             let store = store.clone();
@@ -233,7 +245,7 @@ async fn crash_writer_child() {
                             ops: vec![
                                 Op::Put {
                                     key: key.clone(),
-                                    value: i.to_le_bytes().to_vec(),
+                                    value: padded(i, value_bytes),
                                 },
                                 Op::Put {
                                     key: counter.clone(),
@@ -259,23 +271,30 @@ async fn crash_writer_child() {
     }
 }
 
-#[tokio::test]
-async fn kill_9_loses_no_acknowledged_write() {
-    const KILL_AFTER: usize = 1500;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("crash.redb");
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+/// `i` as 8 bytes, padded with a pattern to `value_bytes`.
+fn padded(i: u64, value_bytes: usize) -> Vec<u8> {
+    let mut value = i.to_le_bytes().to_vec();
+    value.resize(value_bytes.max(8), b'p');
+    value
+}
+
+/// Runs the crash child on `path` until it has acknowledged `kill_after` txns, then SIGKILLs
+/// it. Returns (worker, i, revision) per acknowledged txn.
+fn run_and_kill(path: &Path, options: Option<&str>, kill_after: usize) -> Vec<(usize, u64, u64)> {
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    command
         .args([
             "crash_writer_child",
             "--exact",
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(WRITER_ENV, &path)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // (worker, i, revision) per acknowledged txn.
+        .env(WRITER_ENV, path)
+        .stdout(std::process::Stdio::piped());
+    if let Some(options) = options {
+        command.env(WRITER_OPTIONS_ENV, options);
+    }
+    let mut child = command.spawn().unwrap();
     let mut acknowledged: Vec<(usize, u64, u64)> = Vec::new();
     let reader = BufReader::new(child.stdout.take().unwrap());
     for line in reader.lines() {
@@ -285,7 +304,7 @@ async fn kill_9_loses_no_acknowledged_write() {
         };
         let fields: Vec<u64> = rest.split(' ').map(|f| f.parse().unwrap()).collect();
         acknowledged.push((fields[0] as usize, fields[1], fields[2]));
-        if acknowledged.len() == KILL_AFTER {
+        if acknowledged.len() == kill_after {
             // SIGKILL while the child is still writing: mid-batch, mid-fsync, anywhere.
             child.kill().unwrap();
             break;
@@ -294,29 +313,144 @@ async fn kill_9_loses_no_acknowledged_write() {
     child.wait().unwrap();
     assert_eq!(
         acknowledged.len(),
-        KILL_AFTER,
+        kill_after,
         "the child stopped early; its stderr above says why"
     );
+    acknowledged
+}
 
-    let store = RedbStore::open(&path).unwrap();
+/// Every acknowledged txn is in `store` with the revision it was acknowledged at.
+async fn assert_acknowledged(
+    store: &RedbStore,
+    acknowledged: &[(usize, u64, u64)],
+    value_bytes: usize,
+) {
     let revision = store.revision().await.unwrap();
     let mut last_per_worker = [0u64; WORKERS];
-    for &(worker, i, acked_revision) in &acknowledged {
+    for &(worker, i, acked_revision) in acknowledged {
         let kv = store
             .get(&format!("w/{worker}/{i}"))
             .await
             .unwrap()
             .unwrap_or_else(|| panic!("acknowledged w/{worker}/{i} was lost"));
-        assert_eq!(kv.value, i.to_le_bytes());
+        assert_eq!(kv.value, padded(i, value_bytes));
         assert_eq!(kv.create_revision, acked_revision);
         assert!(revision >= acked_revision);
         last_per_worker[worker] = last_per_worker[worker].max(i);
     }
     for (worker, last) in last_per_worker.iter().enumerate() {
         let counter = store.get(&format!("c/{worker}")).await.unwrap().unwrap();
-        let value = u64::from_le_bytes(counter.value.try_into().unwrap());
+        let value = u64::from_le_bytes(counter.value[..8].try_into().unwrap());
         assert!(value >= *last, "counter {worker} went back to {value}");
     }
+}
+
+async fn dump(store: &RedbStore) -> (u64, Vec<KeyValue>) {
+    let listed = store
+        .range(RangeRequest {
+            prefix: String::new(),
+            start_after: None,
+            limit: 0,
+        })
+        .await
+        .unwrap();
+    (listed.revision, listed.kvs)
+}
+
+fn copy_store(from: &Path, to: &Path) {
+    std::fs::copy(from, to).unwrap();
+    std::fs::copy(log_path(from), log_path(to)).unwrap();
+}
+
+/// A child that checkpoints every MiB (so the kill lands after some checkpoints, with
+/// batches in the log that redb's file lacks) and appends to its log. Recovery brings back
+/// every acknowledged txn at its revision; a garbage tail on the log changes nothing; a
+/// second recovery over the same log (a reset lost in a crash) changes nothing; and the
+/// revision counter and watches continue from the recovered revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_checkpoints_replays_the_log_idempotently() {
+    const VALUE_BYTES: usize = 8 * 1024;
+    // The child's options.
+    let options = StoreOptions {
+        checkpoint_log_bytes: 1 << 20,
+        preallocate_log: false,
+        ..StoreOptions::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crash.redb");
+    let acknowledged = run_and_kill(&path, Some(&format!("{},{VALUE_BYTES},0", 1 << 20)), 600);
+    // ~600 txns of 8 KiB crossed several 1 MiB checkpoints.
+    let logged = std::fs::metadata(log_path(&path)).unwrap().len();
+    assert!(logged > 0, "the kill left batches only the log holds");
+    let crashed = dir.path().join("crashed.redb");
+    copy_store(&path, &crashed);
+    let torn = dir.path().join("torn.redb");
+    copy_store(&path, &torn);
+    {
+        // A frame header whose body never made it, then garbage.
+        let mut tail = b"FLWL".to_vec();
+        tail.extend_from_slice(&100_000u32.to_le_bytes());
+        tail.extend_from_slice(&[0xA5; 3000]);
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(log_path(&torn))
+            .unwrap();
+        log.write_all(&tail).unwrap();
+    }
+
+    let (revision, kvs) = {
+        let store = RedbStore::open_with(&path, &options).unwrap();
+        assert_acknowledged(&store, &acknowledged, VALUE_BYTES).await;
+        dump(&store).await
+    };
+    let max_acknowledged = acknowledged.iter().map(|a| a.2).max().unwrap();
+    assert!(revision >= max_acknowledged);
+    {
+        let store = RedbStore::open_with(&torn, &options).unwrap();
+        assert_eq!(
+            dump(&store).await,
+            (revision, kvs.clone()),
+            "the torn tail changed the state"
+        );
+    }
+    // The recovered file, cleanly shut down, with the log as the crash left it: every frame
+    // is already in redb.
+    std::fs::copy(log_path(&crashed), log_path(&path)).unwrap();
+    let store = RedbStore::open_with(&path, &options).unwrap();
+    assert_eq!(
+        dump(&store).await,
+        (revision, kvs),
+        "a second recovery changed the state"
+    );
+    let mut watcher = store.watch("w/", revision + 1).unwrap();
+    assert_eq!(
+        store.txn(put("w/after", b"v")).await.unwrap(),
+        TxnOutcome::Committed {
+            revision: revision + 1
+        }
+    );
+    let events = watcher.next().await.unwrap();
+    assert_eq!(
+        (events[0].kv.key.as_str(), events[0].kv.create_revision),
+        ("w/after", revision + 1)
+    );
+    drop(watcher);
+    drop(store);
+    // A clean shutdown checkpointed and reset the log: the next open replays nothing.
+    assert_eq!(std::fs::metadata(log_path(&path)).unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn kill_9_loses_no_acknowledged_write() {
+    const KILL_AFTER: usize = 1500;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crash.redb");
+    // The default options: the log never reaches a checkpoint, so everything after the
+    // first open comes back from the log.
+    let acknowledged = run_and_kill(&path, None, KILL_AFTER);
+    let store = RedbStore::open(&path).unwrap();
+    let revision = store.revision().await.unwrap();
+    assert_acknowledged(&store, &acknowledged, 8).await;
     // The reopened store keeps working from where it was.
     assert_eq!(
         store.txn(put("after", b"v")).await.unwrap(),
