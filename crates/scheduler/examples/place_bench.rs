@@ -1,10 +1,14 @@
-//! Placement throughput: 10,000 hosts in 3 zones, 100,000 tasks placed in calls of 10 with
-//! spread(attribute:ecs.availability-zone), spread(instanceId) and a memberOf constraint.
+//! Placement throughput: by default 10,000 hosts in 3 zones, 100,000 tasks placed in calls
+//! of 10 with spread(attribute:ecs.availability-zone), spread(instanceId) and a memberOf
+//! constraint.
 //!
 //! Run with `cargo run --release -p flotilla-scheduler --example place_bench`. It runs twice:
 //! through a `HostIndex` kept between calls, and through `place` on a plain `Vec<Host>`.
 //! Only the time inside the placing call is measured; committing each call's placements
 //! (what the plan applier does) happens between calls, outside the clock.
+//!
+//! Environment: `HOSTS` sets the cluster size (default 10,000), `TASKS` the tasks placed
+//! (default 100,000) and `MODE` runs only `indexed` or `stateless`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -15,8 +19,8 @@ use flotilla_scheduler::{
     Host, HostIndex, PlacementRequest, parse_constraint, parse_strategy, place,
 };
 
-const HOSTS: usize = 10_000;
-const TASKS: usize = 100_000;
+const HOSTS_DEFAULT: usize = 10_000;
+const TASKS_DEFAULT: usize = 100_000;
 const TASKS_PER_CALL: usize = 10;
 const GROUPS: usize = 10;
 const ZONES: [&str; 3] = ["us-east-1a", "us-east-1b", "us-east-1c"];
@@ -87,14 +91,33 @@ enum Mode {
     Indexed,
 }
 
-fn main() {
-    for mode in [Mode::Indexed, Mode::Stateless] {
-        run(mode);
+/// A positive count from the environment, or `default` when unset.
+fn count_from_env(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(text) => match text.replace('_', "").parse() {
+            Ok(count) if count > 0 => count,
+            _ => panic!("{name} must be a positive count, got {text:?}"),
+        },
+        Err(_) => default,
     }
 }
 
-fn run(mode: Mode) {
-    let mut hosts: Vec<Host> = (0..HOSTS).map(host).collect();
+fn main() {
+    let host_count = count_from_env("HOSTS", HOSTS_DEFAULT);
+    let task_count = count_from_env("TASKS", TASKS_DEFAULT);
+    let modes = match std::env::var("MODE").as_deref() {
+        Ok("indexed") => vec![Mode::Indexed],
+        Ok("stateless") => vec![Mode::Stateless],
+        Ok(other) => panic!("MODE must be indexed or stateless, got {other:?}"),
+        Err(_) => vec![Mode::Indexed, Mode::Stateless],
+    };
+    for mode in modes {
+        run(mode, host_count, task_count);
+    }
+}
+
+fn run(mode: Mode, host_count: usize, task_count: usize) {
+    let mut hosts: Vec<Host> = (0..host_count).map(host).collect();
     let mut index = HostIndex::new(hosts.clone());
     let constraints =
         vec![parse_constraint("memberOf", Some("attribute:stack == prod")).expect("valid")];
@@ -107,7 +130,7 @@ fn run(mode: Mode) {
         memory_mib: 512,
         ..Default::default()
     };
-    let calls = TASKS / TASKS_PER_CALL;
+    let calls = task_count / TASKS_PER_CALL;
     let mut call_durations = Vec::with_capacity(calls);
     let mut placed = 0usize;
     for call in 0..calls {
@@ -153,7 +176,7 @@ fn run(mode: Mode) {
         .map(|z| per_host.iter().skip(z).step_by(ZONES.len()).sum())
         .collect();
     println!(
-        "{mode:?}: {placed} placements on {HOSTS} hosts in {calls} calls of {TASKS_PER_CALL}: {:.0} placements/s",
+        "{mode:?}: {placed} placements on {host_count} hosts in {calls} calls of {TASKS_PER_CALL}: {:.0} placements/s",
         placed as f64 / total.as_secs_f64()
     );
     println!(

@@ -5,8 +5,8 @@
 //!
 //! Two ways in, one engine: [`place`] reads a slice of hosts afresh on every call, and
 //! [`HostIndex`] keeps hosts with the columns placement reads, for a control plane that
-//! places often on a large cluster (about ten times faster at 10,000 hosts). Both give the
-//! same answer for the same hosts, request and seed.
+//! places often on a large cluster (tens of times faster at 10,000 hosts; see the
+//! `place_bench` example). Both give the same answer for the same hosts, request and seed.
 //!
 //! Invariants:
 //! * Placement never oversubscribes a host: every placement of one call fits what the host

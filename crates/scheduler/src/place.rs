@@ -31,8 +31,8 @@ use crate::{
 const PLACEMENTS_PREALLOCATED_MAX: usize = 1024;
 
 /// One strategy as the ranking sees it; for every one, lower is better.
-#[derive(Clone, Copy, Debug)]
-enum Rank {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Rank {
     CpuLeft,
     MemoryLeft,
     GroupTasksOnHost,
@@ -110,6 +110,34 @@ impl<'r> Plan<'r> {
             spread_attributes,
             has_fixed_ports: !request.demand.ports_tcp.is_empty()
                 || !request.demand.ports_udp.is_empty(),
+        }
+    }
+
+    /// The ranks a candidate's own columns decide, in order: all but spread by attribute,
+    /// which is equal for candidates of one cell.
+    pub(crate) fn local_ranks(&self) -> impl Iterator<Item = Rank> + '_ {
+        self.ranks
+            .iter()
+            .copied()
+            .filter(|rank| !matches!(rank, Rank::GroupTasksInBucket(_)))
+    }
+
+    /// Whether the tie-break order is fixed for the whole call (not drawn again per task).
+    pub(crate) fn ties_fixed_for_call(&self) -> bool {
+        self.tie_break != TieBreak::SeededPerTask
+    }
+
+    /// Whether ties go to the first host in order (no strategies at all).
+    pub(crate) fn first_fit(&self) -> bool {
+        self.tie_break == TieBreak::HostOrder
+    }
+
+    /// The tie-break key of a host when it is fixed for the call; lower wins.
+    pub(crate) fn tie_key(&self, salt: u64, host_index: usize) -> u64 {
+        match self.tie_break {
+            TieBreak::HostOrder => host_index as u64,
+            TieBreak::SeededPerCall => tie_hash(salt, host_index),
+            TieBreak::SeededPerTask => 0,
         }
     }
 
@@ -285,7 +313,7 @@ pub(crate) fn tie_hash(salt: u64, host_index: usize) -> u64 {
 
 /// Keeping only each cell's best candidates pays off up to this many tasks per call; larger
 /// calls rank every candidate for every task.
-const CONTENDERS_PER_CELL_MAX: usize = 64;
+pub(crate) const CONTENDERS_PER_CELL_MAX: usize = 64;
 
 /// The mutable state of one call.
 pub(crate) struct Call<'h, 'r> {
@@ -356,11 +384,7 @@ impl<'h, 'r> Call<'h, 'r> {
         salt: u64,
     ) -> Self {
         for candidate in &mut candidates {
-            candidate.tie = match plan.tie_break {
-                TieBreak::HostOrder => candidate.host_index as u64,
-                TieBreak::SeededPerCall => tie_hash(salt, candidate.host_index),
-                TieBreak::SeededPerTask => 0,
-            };
+            candidate.tie = plan.tie_key(salt, candidate.host_index);
         }
         let mut call = Call {
             hosts,

@@ -268,3 +268,115 @@ proptest! {
         }
     }
 }
+
+/// One change a control plane makes to its index between placement calls.
+#[derive(Clone, Debug)]
+enum Change {
+    /// Place, then commit the first `committed` placements.
+    Place {
+        request: PlacementRequest,
+        committed: usize,
+    },
+    /// Release the n-th committed placement still running (modulo how many run).
+    Release(usize),
+    Replace(usize, Host),
+    Push(Host),
+}
+
+/// Groups the sequences place, so spread and distinctInstance see several at once.
+const GROUPS: [&str; 2] = [GROUP, "service:other"];
+
+prop_compose! {
+    /// A host whose zone may be one no host had before, so cells are numbered anew.
+    fn arb_changed_host()(host in arb_host(0), zone in 0usize..5, moves in any::<bool>()) -> Host {
+        let mut host = host;
+        if moves {
+            host.attributes.insert("zone".to_owned(), Some(format!("z{zone}")));
+        }
+        host
+    }
+}
+
+fn arb_change() -> impl proptest::strategy::Strategy<Value = Change> {
+    let place = (
+        arb_request(),
+        0usize..GROUPS.len(),
+        0usize..12,
+        prop::bool::weighted(0.1),
+        0usize..30,
+    )
+        .prop_map(|(mut request, group, count, large, committed)| {
+            request.group = GROUPS[group].to_owned();
+            // Mostly small calls, which keep only each cell's best hosts; now and then one
+            // past that limit, which ranks every host.
+            request.count = if large { 70 } else { count };
+            if request.strategies.len() < 3 && group == 1 {
+                request
+                    .strategies
+                    .push(Strategy::Spread(SpreadField::Attribute("stack".to_owned())));
+            }
+            Change::Place { request, committed }
+        });
+    prop_oneof![
+        6 => place,
+        2 => any::<usize>().prop_map(Change::Release),
+        1 => (any::<usize>(), arb_changed_host()).prop_map(|(i, h)| Change::Replace(i, h)),
+        1 => arb_changed_host().prop_map(Change::Push),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn the_index_answers_as_place_does_through_any_sequence_of_changes(
+        hosts in arb_hosts(60),
+        changes in prop::collection::vec(arb_change(), 1..24),
+        seed in any::<u64>(),
+    ) {
+        let mut index = HostIndex::new(hosts);
+        let mut running: Vec<(flotilla_scheduler::Placement, String)> = Vec::new();
+        for (step, change) in changes.into_iter().enumerate() {
+            match change {
+                Change::Place { request, committed } => {
+                    let seed = seed.wrapping_add(step as u64);
+                    let expected = place(index.hosts(), &request, seed);
+                    let result = index.place(&request, seed);
+                    prop_assert_eq!(&result, &expected, "step {}", step);
+                    for placement in result.placements.into_iter().take(committed) {
+                        index.apply(&placement, &request.group);
+                        running.push((placement, request.group.clone()));
+                    }
+                }
+                Change::Release(n) if !running.is_empty() => {
+                    let (placement, group) = running.swap_remove(n % running.len());
+                    index.release(placement.host_index, &placement.reservation, &group);
+                }
+                Change::Release(_) => {}
+                Change::Replace(host_index, mut host) => {
+                    let host_index = host_index % index.len();
+                    host.id = format!("host-{host_index}");
+                    index.replace_host(host_index, host);
+                    // Its tasks went with the old view of the host.
+                    running.retain(|(placement, _)| placement.host_index != host_index);
+                }
+                Change::Push(mut host) => {
+                    host.id = format!("host-{}", index.len());
+                    index.push_host(host);
+                }
+            }
+        }
+        // The columns followed the hosts: a fresh index over the same hosts agrees.
+        let hosts = index.hosts().to_vec();
+        let mut fresh = HostIndex::new(hosts.clone());
+        for group in GROUPS {
+            let mut request = common::with_strategies(
+                common::request(100, 100, 5),
+                &[("spread", Some("attribute:zone")), ("spread", Some("instanceId"))],
+            );
+            request.group = group.to_owned();
+            prop_assert_eq!(index.place(&request, seed), place(&hosts, &request, seed));
+            prop_assert_eq!(fresh.place(&request, seed), place(&hosts, &request, seed));
+        }
+    }
+}
