@@ -92,24 +92,66 @@ impl HostTasks {
 
 /// One cluster's instances and tasks. The maps are persistent (structurally shared), so a
 /// snapshot is O(1) and a change while snapshots are out copies a path, not the cluster.
+/// Values sit behind `Arc` because copying a path copies whole nodes of 64 entries: with
+/// the records inline, every write under a live snapshot cloned hundreds of strings.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterState {
-    pub instances: OrdMap<String, Versioned<ContainerInstance>>,
-    pub tasks: OrdMap<String, TaskSummary>,
-    /// Per instance id: its non-stopped tasks (see [`HostTasks`]).
-    pub host_tasks: OrdMap<String, HostTasks>,
+    pub instances: OrdMap<String, Arc<Versioned<ContainerInstance>>>,
+    pub tasks: OrdMap<String, Arc<TaskSummary>>,
+    /// Per instance id: its non-stopped tasks (see [`HostTasks`]). An entry is replaced,
+    /// never changed in place, while anyone else holds it, so a holder can tell whether a
+    /// host's tasks moved with `Arc::ptr_eq`.
+    pub host_tasks: OrdMap<String, Arc<HostTasks>>,
     /// EC2 instance id -> container instance id, for instances that are not INACTIVE, so a
     /// registering host is found without a scan (10,000 registrations were O(n^2)).
     pub by_ec2_instance_id: OrdMap<String, String>,
+    /// ACTIVE instances that are the user's (EC2) and that are Fargate capacity, so RunTask
+    /// can tell "no container instances" without a scan.
+    pub active_ec2_instances: usize,
+    pub active_fargate_instances: usize,
+    /// The ids of the instances whose record or task counts changed, oldest first: the
+    /// newest [`HOST_CHANGES_MAX`] changes. With it a plan applier re-indexes only the
+    /// hosts that moved since its last batch instead of comparing all of them.
+    pub host_changes: imbl::Vector<String>,
+    /// How many host changes there have ever been; `host_changes` holds the last ones.
+    pub host_changes_total: u64,
 }
+
+/// Host changes a cluster remembers; an applier that falls further behind compares every
+/// host once instead.
+pub const HOST_CHANGES_MAX: usize = 16_384;
 
 impl ClusterState {
     /// Replaces (or removes, with `None`) instance `id`, keeping `by_ec2_instance_id`.
+    fn note_host_change(&mut self, id: &str) {
+        self.host_changes.push_back(id.to_owned());
+        if self.host_changes.len() > HOST_CHANGES_MAX {
+            self.host_changes.pop_front();
+        }
+        self.host_changes_total += 1;
+    }
+
+    /// The instance ids changed after the first `seen` host changes, or `None` when some of
+    /// them are no longer remembered.
+    pub fn host_changes_since(&self, seen: u64) -> Option<impl Iterator<Item = &String>> {
+        let missed = self.host_changes_total.checked_sub(seen)?;
+        let missed = usize::try_from(missed).ok()?;
+        let skip = self.host_changes.len().checked_sub(missed)?;
+        Some(self.host_changes.iter().skip(skip))
+    }
+
     fn set_instance(&mut self, id: &str, instance: Option<Versioned<ContainerInstance>>) {
+        self.note_host_change(id);
         let old = match instance {
-            Some(instance) => self.instances.insert(id.to_owned(), instance),
+            Some(instance) => {
+                self.count_active(&instance.value, 1);
+                self.instances.insert(id.to_owned(), Arc::new(instance))
+            }
             None => self.instances.remove(id),
         };
+        if let Some(old) = &old {
+            self.count_active(&old.value, -1);
+        }
         if let Some(old) = old
             && self
                 .by_ec2_instance_id
@@ -126,28 +168,41 @@ impl ClusterState {
         }
     }
 
+    fn count_active(&mut self, instance: &ContainerInstance, change: isize) {
+        if instance.status != ContainerInstanceStatus::Active {
+            return;
+        }
+        let count = if instance.is_fargate_capacity() {
+            &mut self.active_fargate_instances
+        } else {
+            &mut self.active_ec2_instances
+        };
+        *count = count.saturating_add_signed(change);
+    }
+
     /// Replaces (or removes, with `None`) the summary of task `id`, keeping `host_tasks`.
     fn set_task(&mut self, id: &str, task: Option<TaskSummary>) {
+        let task = task.map(Arc::new);
         let old = match &task {
             Some(task) => self.tasks.insert(id.to_owned(), task.clone()),
             None => self.tasks.remove(id),
         };
-        if let Some(old) = old.filter(counts_on_host)
+        if let Some(old) = old.filter(|t| counts_on_host(t))
             && let Some(instance) = &old.instance_id
             && let Some(host) = self.host_tasks.get_mut(instance)
         {
+            let host = Arc::make_mut(host);
             host.remove(&old);
             if host.groups.is_empty() && host.running == 0 {
                 self.host_tasks.remove(instance);
             }
+            self.note_host_change(instance);
         }
-        if let Some(new) = task.filter(counts_on_host)
+        if let Some(new) = task.filter(|t| counts_on_host(t))
             && let Some(instance) = &new.instance_id
         {
-            self.host_tasks
-                .entry(instance.clone())
-                .or_default()
-                .add(&new);
+            Arc::make_mut(self.host_tasks.entry(instance.clone()).or_default()).add(&new);
+            self.note_host_change(instance);
         }
     }
 }
@@ -318,9 +373,51 @@ impl StateCache {
         change(Arc::make_mut(entry));
     }
 
+    /// The revision of what the cache holds of instance or task `id`, if anything; the
+    /// engine's own commits arrive written through before the watch repeats them, so a
+    /// repeat is recognised here without parsing the record again.
+    fn known_revision(&self, parsed: &Parsed<'_>) -> Option<(Revision, Option<Arc<TaskSummary>>)> {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let (root, cluster) = match parsed {
+            Parsed::Instance { root, cluster, .. } | Parsed::Task { root, cluster, .. } => {
+                (*root, *cluster)
+            }
+            Parsed::Service { .. } => return None,
+        };
+        let cluster = state.clusters.get(&(root.to_owned(), cluster.to_owned()))?;
+        match parsed {
+            Parsed::Instance { id, .. } => {
+                cluster.instances.get(*id).map(|i| (i.mod_revision, None))
+            }
+            Parsed::Task { id, .. } => cluster
+                .tasks
+                .get(*id)
+                .map(|t| (t.mod_revision, Some(t.clone()))),
+            Parsed::Service { .. } => None,
+        }
+    }
+
     /// Records a put of `key` at `mod_revision`, unless something newer is already known.
     pub fn put(&self, key: &str, value: &[u8], mod_revision: Revision) {
-        match parse_key(key) {
+        let parsed = parse_key(key);
+        if let Some(parsed) = &parsed
+            && let Some((known, summary)) = self.known_revision(parsed)
+            && known >= mod_revision
+        {
+            // Already applied (written through); only tell the controllers.
+            match (parsed, summary) {
+                (Parsed::Task { root, cluster, .. }, Some(summary)) => {
+                    self.notify_service_task(root, cluster, summary.group.as_deref())
+                }
+                (Parsed::Instance { root, cluster, .. }, _) => self.notify(CacheChange::Instance {
+                    root: (*root).to_owned(),
+                    cluster: (*cluster).to_owned(),
+                }),
+                _ => {}
+            }
+            return;
+        }
+        match parsed {
             Some(Parsed::Instance { root, cluster, id }) => {
                 let Ok(instance) = serde_json::from_slice::<ContainerInstance>(value) else {
                     return;
@@ -345,18 +442,10 @@ impl StateCache {
                 let Ok(task) = serde_json::from_slice::<Task>(value) else {
                     return;
                 };
-                self.put_task(root, cluster, id, &task, mod_revision);
-                if let Some(name) = task
-                    .group
-                    .as_deref()
-                    .and_then(|g| g.strip_prefix("service:"))
-                {
-                    self.notify(CacheChange::ServiceTask {
-                        root: root.to_owned(),
-                        cluster: cluster.to_owned(),
-                        name: name.to_owned(),
-                    });
-                }
+                self.with_cluster(root, cluster, |c| {
+                    Self::put_task(c, id, &task, mod_revision)
+                });
+                self.notify_service_task(root, cluster, task.group.as_deref());
             }
             Some(Parsed::Service {
                 root,
@@ -396,46 +485,59 @@ impl StateCache {
         }
     }
 
-    fn put_task(&self, root: &str, cluster: &str, id: &str, task: &Task, mod_revision: Revision) {
-        self.with_cluster(root, cluster, |c| {
-            if c.tasks
-                .get(id)
-                .is_none_or(|old| old.mod_revision < mod_revision)
-            {
-                c.set_task(id, Some(TaskSummary::of(task, mod_revision)));
-            }
-        });
+    /// A task of a service was written: its controller may have work.
+    fn notify_service_task(&self, root: &str, cluster: &str, group: Option<&str>) {
+        if let Some(name) = group.and_then(|g| g.strip_prefix("service:")) {
+            self.notify(CacheChange::ServiceTask {
+                root: root.to_owned(),
+                cluster: cluster.to_owned(),
+                name: name.to_owned(),
+            });
+        }
     }
 
-    /// Write-through of records the engine just committed at `revision`.
+    fn put_task(cluster: &mut ClusterState, id: &str, task: &Task, mod_revision: Revision) {
+        if cluster
+            .tasks
+            .get(id)
+            .is_none_or(|old| old.mod_revision < mod_revision)
+        {
+            cluster.set_task(id, Some(TaskSummary::of(task, mod_revision)));
+        }
+    }
+
+    /// Write-through of records the engine just committed at `revision`, all of one
+    /// cluster (one lock and one copy-on-write of the cluster for the whole commit).
     pub fn committed(
         &self,
-        instances: &[ContainerInstance],
+        instances: Vec<ContainerInstance>,
         tasks: &[Task],
         root: &str,
+        cluster: &str,
         revision: Revision,
     ) {
-        for instance in instances {
-            let key = format!("{root}instance/{}/{}", instance.cluster_name, instance.id);
-            self.with_cluster(root, &instance.cluster_name, |c| {
+        self.with_cluster(root, cluster, |c| {
+            for instance in instances {
                 if c.instances
                     .get(&instance.id)
                     .is_none_or(|old| old.mod_revision < revision)
                 {
+                    let key = format!("{root}instance/{}/{}", instance.cluster_name, instance.id);
+                    let id = instance.id.clone();
                     c.set_instance(
-                        &instance.id,
+                        &id,
                         Some(Versioned {
                             key,
-                            value: instance.clone(),
+                            value: instance,
                             mod_revision: revision,
                         }),
                     );
                 }
-            });
-        }
-        for task in tasks {
-            self.put_task(root, &task.cluster_name, &task.id, task, revision);
-        }
+            }
+            for task in tasks {
+                Self::put_task(c, &task.id, task, revision);
+            }
+        });
     }
 
     pub fn delete(&self, key: &str, mod_revision: Revision) {
@@ -620,11 +722,9 @@ mod tests {
                 let task = (!delete).then(|| summary(id, instance, group, statuses[status]));
                 state.set_task(&format!("t{id}"), task);
             }
-            let mut recount: OrdMap<String, HostTasks> = OrdMap::new();
+            let mut recount: OrdMap<String, Arc<HostTasks>> = OrdMap::new();
             for task in state.tasks.values().filter(|t| counts_on_host(t)) {
-                recount
-                    .entry(task.instance_id.clone().unwrap())
-                    .or_default()
+                Arc::make_mut(recount.entry(task.instance_id.clone().unwrap()).or_default())
                     .add(task);
             }
             proptest::prop_assert_eq!(state.host_tasks, recount);

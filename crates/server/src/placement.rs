@@ -3,6 +3,8 @@
 
 use flotilla_model::{ContainerInstance, ContainerInstanceStatus};
 use flotilla_scheduler::Host;
+use std::sync::Arc;
+
 use imbl::OrdMap;
 
 use crate::cache::HostTasks;
@@ -10,11 +12,11 @@ use crate::cache::HostTasks;
 /// One `Host` per instance, in the same order, with task groups and running counts.
 pub fn hosts<'b>(
     instances: impl IntoIterator<Item = &'b ContainerInstance>,
-    host_tasks: &OrdMap<String, HostTasks>,
+    host_tasks: &OrdMap<String, Arc<HostTasks>>,
 ) -> Vec<Host> {
     instances
         .into_iter()
-        .map(|instance| host(instance, host_tasks.get(&instance.id)))
+        .map(|instance| host(instance, host_tasks.get(&instance.id).map(|t| &**t)))
         .collect()
 }
 

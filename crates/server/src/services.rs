@@ -389,7 +389,11 @@ async fn evaluate(engine: &Engine, key: &ServiceKey) -> Result<Option<Duration>,
     }
     if wrote_service || !stopped.is_empty() {
         match engine.db.commit(txn.build()).await? {
-            Some(revision) => engine.cache.committed(&[], &stopped, keys.root(), revision),
+            Some(revision) => {
+                engine
+                    .cache
+                    .committed(Vec::new(), &stopped, keys.root(), &key.cluster, revision)
+            }
             // The service or a task changed meanwhile: look again at once.
             None => return Ok(Some(Duration::ZERO)),
         }

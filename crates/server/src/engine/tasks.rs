@@ -377,27 +377,26 @@ impl Engine {
                 request.network_configuration.as_ref(),
             )?);
         }
-        let snapshot = self.snapshot(ctx, &cluster_name).await?;
-        let active = |fargate: bool| {
-            snapshot.instances.values().any(|i| {
-                i.value.status == ContainerInstanceStatus::Active
-                    && i.value.is_fargate_capacity() == fargate
-            })
+        let keys = ctx.keys();
+        let wants_ec2 = parts.iter().any(|p| p.launch_type != LaunchType::Fargate);
+        let wants_fargate = parts.iter().any(|p| p.launch_type == LaunchType::Fargate);
+        // The cache as it is answers at once when the capacity is there; only an answer
+        // of "none" waits for the cache to catch up with the store (an instance may have
+        // registered a moment ago).
+        let mut capacity = {
+            let state = self.cache.cluster(keys.root(), &cluster_name);
+            (state.active_ec2_instances, state.active_fargate_instances)
         };
-        if parts.iter().any(|p| p.launch_type != LaunchType::Fargate) && !active(false) {
+        if (wants_ec2 && capacity.0 == 0) || (wants_fargate && capacity.1 == 0) {
+            let state = self.snapshot(ctx, &cluster_name).await?;
+            capacity = (state.active_ec2_instances, state.active_fargate_instances);
+        }
+        if wants_ec2 && capacity.0 == 0 {
             return Err(EcsError::invalid(
                 "No Container Instances were found in your cluster.",
             ));
         }
-        let fargate_available = active(true);
-        let hidden: std::collections::BTreeSet<String> = snapshot
-            .instances
-            .values()
-            .filter(|i| i.value.is_fargate_capacity())
-            .map(|i| i.value.arn.clone())
-            .collect();
-        drop(snapshot);
-        let keys = ctx.keys();
+        let fargate_available = capacity.1 > 0;
         let fingerprint = format!(
             "{reference}|{count}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
             request.group,
@@ -465,13 +464,20 @@ impl Engine {
                         FARGATE_CAPACITY_UNAVAILABLE,
                     ));
                 }
-            } else {
+            } else if !placed.failures.is_empty() {
                 // Fargate capacity is not the user's to see.
+                let state = self.cache.cluster(keys.root(), &cluster_name);
+                let hidden = |arn: &str| {
+                    state
+                        .instances
+                        .get(last_segment(arn))
+                        .is_some_and(|i| i.value.arn == arn && i.value.is_fargate_capacity())
+                };
                 answer.failures.extend(
                     placed
                         .failures
                         .into_iter()
-                        .filter(|f| f.arn.as_ref().is_none_or(|arn| !hidden.contains(arn))),
+                        .filter(|f| f.arn.as_deref().is_none_or(|arn| !hidden(arn))),
                 );
             }
         }
@@ -635,7 +641,7 @@ impl Engine {
             );
             if let Some(revision) = self.db.commit(txn.build()).await? {
                 self.cache
-                    .committed(&updated, &created, keys.root(), revision);
+                    .committed(updated, &created, keys.root(), &cluster_name, revision);
                 return Ok(TasksResponse {
                     tasks: created.iter().map(|t| responses::task(t, true)).collect(),
                     failures,
@@ -812,7 +818,7 @@ pub(crate) fn new_task(
     instance: &ContainerInstance,
     reservation: Reservation,
 ) -> Task {
-    let id = new_id();
+    let id = super::new_time_ordered_id();
     let td = &launch.task_definition;
     let mut gpu_ids = reservation.gpu_ids.iter().cloned();
     let containers = td
