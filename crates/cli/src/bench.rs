@@ -697,6 +697,20 @@ fn peak_memory_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// The bench's `i`-th RunTask of `count` tasks: one of 10 groups, spread by zone then
+/// instance, production hosts only.
+fn run_task(count: usize, i: usize) -> serde_json::Value {
+    json!({
+        "cluster": "sched", "taskDefinition": "sched", "count": count,
+        "group": format!("service:s{}", i % 10),
+        "placementConstraints": [{"type": "memberOf", "expression": "attribute:stack == prod"}],
+        "placementStrategy": [
+            {"type": "spread", "field": "attribute:ecs.availability-zone"},
+            {"type": "spread", "field": "instanceId"}
+        ]
+    })
+}
+
 async fn bench_scheduler(hosts: usize, tasks: usize, concurrency: usize) -> anyhow::Result<()> {
     const TASKS_PER_CALL: usize = 10;
     const SINGLE_PLACEMENTS: usize = 500;
@@ -754,20 +768,7 @@ async fn bench_scheduler(hosts: usize, tasks: usize, concurrency: usize) -> anyh
         let client = run_client.clone();
         let counter = counter.clone();
         async move {
-            let answer = call(
-                &client,
-                "RunTask",
-                json!({
-                    "cluster": "sched", "taskDefinition": "sched", "count": TASKS_PER_CALL,
-                    "group": format!("service:s{}", i % 10),
-                    "placementConstraints": [{"type": "memberOf", "expression": "attribute:stack == prod"}],
-                    "placementStrategy": [
-                        {"type": "spread", "field": "attribute:ecs.availability-zone"},
-                        {"type": "spread", "field": "instanceId"}
-                    ]
-                }),
-            )
-            .await?;
+            let answer = call(&client, "RunTask", run_task(TASKS_PER_CALL, i)).await?;
             let n = answer["tasks"].as_array().map_or(0, Vec::len);
             counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
             Ok(())
@@ -782,20 +783,7 @@ async fn bench_scheduler(hosts: usize, tasks: usize, concurrency: usize) -> anyh
     let mut single = Vec::with_capacity(SINGLE_PLACEMENTS);
     for i in 0..SINGLE_PLACEMENTS {
         let started = Instant::now();
-        let answer = call(
-            &client,
-            "RunTask",
-            json!({
-                "cluster": "sched", "taskDefinition": "sched", "count": 1,
-                "group": format!("service:s{}", i % 10),
-                "placementConstraints": [{"type": "memberOf", "expression": "attribute:stack == prod"}],
-                "placementStrategy": [
-                    {"type": "spread", "field": "attribute:ecs.availability-zone"},
-                    {"type": "spread", "field": "instanceId"}
-                ]
-            }),
-        )
-        .await?;
+        let answer = call(&client, "RunTask", run_task(1, i)).await?;
         anyhow::ensure!(
             answer["tasks"].as_array().map_or(0, Vec::len) == 1,
             "a single RunTask placed nothing: {answer}"

@@ -221,6 +221,12 @@ struct EndpointFile {
     region: String,
 }
 
+/// The control plane allocates and frees many small records per placement across threads;
+/// under glibc's malloc a quarter of `bench scheduler`'s CPU samples were in malloc and free
+/// (arena locks, consolidation). With mimalloc the same bench placed 22% more per second.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()

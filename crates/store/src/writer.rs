@@ -118,15 +118,9 @@ impl Log {
         write
             .set_durability(Durability::Immediate)
             .map_err(|e| StoreError::Storage(format!("requesting a durable checkpoint: {e}")))?;
-        {
-            // Rewriting the revision (unchanged) gives the commit something to write, so it
-            // is a real durable commit whatever redb does with empty ones.
-            let mut meta = write
-                .open_table(META)
-                .map_err(redb_error("opening the meta table"))?;
-            meta.insert(META_REVISION, revision)
-                .map_err(redb_error("recording the revision"))?;
-        }
+        // Rewriting the revision (unchanged) gives the commit something to write, so it is
+        // a real durable commit whatever redb does with empty ones.
+        record_revision(&write, revision)?;
         write
             .commit()
             .map_err(redb_error("committing a checkpoint"))?;
@@ -134,6 +128,16 @@ impl Log {
         self.oldest_frame = None;
         Ok(())
     }
+}
+
+/// Records `revision` as the store's last in the transaction `write`.
+fn record_revision(write: &redb::WriteTransaction, revision: Revision) -> Result<(), StoreError> {
+    let mut meta = write
+        .open_table(META)
+        .map_err(redb_error("opening the meta table"))?;
+    meta.insert(META_REVISION, revision)
+        .map_err(redb_error("recording the revision"))?;
+    Ok(())
 }
 
 /// Runs the writer until shutdown; to be called on its own thread. With a `log`, batches go
@@ -387,12 +391,8 @@ pub(crate) fn apply_batch(
                 log.oldest_frame.get_or_insert_with(Instant::now);
             }
         }
-        let mut meta = write
-            .open_table(META)
-            .map_err(redb_error("opening the meta table"))?;
-        meta.insert(META_REVISION, revision)
-            .map_err(redb_error("recording the revision"))?;
     }
+    record_revision(&write, revision)?;
     write
         .commit()
         .map_err(redb_error("committing a write batch"))?;
