@@ -6,42 +6,35 @@
 
 mod common;
 
-use std::io::{Read as _, Write as _};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Containers, FLOTILLA, aws, env_exports, spawn};
+use common::{Containers, FLOTILLA, aws, aws_json, env_exports, spawn_up};
+use flotilla_docker::testing::http_get;
 use serde_json::Value;
 
-fn json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
-
-fn http_get(address: &str, port: u16) -> String {
-    let mut stream = std::net::TcpStream::connect_timeout(
-        &format!("{address}:{port}").parse().unwrap(),
-        Duration::from_secs(5),
-    )
-    .unwrap_or_else(|e| panic!("connect to {address}:{port}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(stream, "GET / HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
+/// Polls (bounded) the task's web server on its ENI address until it answers.
+fn assert_answers(address: &str) {
     let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    answer
+    for _ in 0..50 {
+        answer = http_get(address, 8080);
+        if answer.contains("fargate-ok") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the task at {address} never answered: {answer}");
 }
 
 /// Polls describe-tasks (bounded) until the task's lastStatus is `status`.
 fn wait_status(exports: &[(String, String)], cluster: &str, task: &str, status: &str) -> Value {
     let mut last = Value::Null;
     for _ in 0..100 {
-        let (ok, text) = aws(
+        last = aws_json(
             exports,
             &["describe-tasks", "--cluster", cluster, "--tasks", task],
-        );
-        assert!(ok, "{text}");
-        last = json(&text)["tasks"][0].clone();
+        )["tasks"][0]
+            .clone();
         if last["lastStatus"] == status {
             return last;
         }
@@ -65,18 +58,7 @@ fn fargate_and_fargate_spot_tasks_run_under_flotilla_up() {
     let data = dir.path().join("data");
     let cluster = format!("fg{}", std::process::id());
     let _cleanup = Containers(cluster.clone());
-    let (_up, _endpoint) = spawn(
-        &[
-            "up",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--cluster",
-            &cluster,
-        ],
-        &[],
-    );
+    let (_up, _endpoint) = spawn_up(&data, &cluster);
     let exports = env_exports(&data);
     let definition = serde_json::json!([{
         "name": "web", "image": image, "essential": true,
@@ -127,15 +109,13 @@ fn fargate_and_fargate_spot_tasks_run_under_flotilla_up() {
     assert!(!ok && text.contains("ClientException"), "{text}");
 
     // FARGATE: no instance registered by the user, yet it runs, with its own address.
-    let (ok, text) = aws(
+    let listed = aws_json(
         &exports,
         &["list-container-instances", "--cluster", &cluster],
-    );
-    assert!(ok, "{text}");
-    let listed = json(&text)["containerInstanceArns"]
+    )["containerInstanceArns"]
         .as_array()
         .map_or(0, Vec::len);
-    let (ok, text) = aws(
+    let task = aws_json(
         &exports,
         &[
             "run-task",
@@ -148,9 +128,7 @@ fn fargate_and_fargate_spot_tasks_run_under_flotilla_up() {
             "--network-configuration",
             network,
         ],
-    );
-    assert!(ok, "{text}");
-    let task = json(&text)["tasks"][0]["taskArn"]
+    )["tasks"][0]["taskArn"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -162,22 +140,12 @@ fn fargate_and_fargate_spot_tasks_run_under_flotilla_up() {
     assert_eq!(attachment["status"], "ATTACHED", "{running}");
     assert_eq!(detail(attachment, "subnetId"), "subnet-0abc");
     let address = detail(attachment, "privateIPv4Address").to_owned();
-    let mut answer = String::new();
-    for _ in 0..50 {
-        answer = http_get(&address, 8080);
-        if answer.contains("fargate-ok") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(answer.contains("fargate-ok"), "{answer}");
-    let (ok, text) = aws(
-        &exports,
-        &["list-container-instances", "--cluster", &cluster],
-    );
-    assert!(ok, "{text}");
+    assert_answers(&address);
     assert_eq!(
-        json(&text)["containerInstanceArns"]
+        aws_json(
+            &exports,
+            &["list-container-instances", "--cluster", &cluster],
+        )["containerInstanceArns"]
             .as_array()
             .map_or(0, Vec::len),
         listed,
@@ -199,7 +167,7 @@ fn fargate_and_fargate_spot_tasks_run_under_flotilla_up() {
         ],
     );
     assert!(ok, "{text}");
-    let (ok, text) = aws(
+    let spot = aws_json(
         &exports,
         &[
             "run-task",
@@ -210,9 +178,7 @@ fn fargate_and_fargate_spot_tasks_run_under_flotilla_up() {
             "--network-configuration",
             network,
         ],
-    );
-    assert!(ok, "{text}");
-    let spot = json(&text)["tasks"][0]["taskArn"]
+    )["tasks"][0]["taskArn"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -271,7 +237,7 @@ fn fargate_and_fargate_spot_tasks_run_under_flotilla_up() {
         ],
     );
     assert!(ok, "services-stable: {text}");
-    let (ok, text) = aws(
+    let service_tasks: Vec<String> = aws_json(
         &exports,
         &[
             "list-tasks",
@@ -280,36 +246,26 @@ fn fargate_and_fargate_spot_tasks_run_under_flotilla_up() {
             "--service-name",
             "fg-svc",
         ],
-    );
-    assert!(ok, "{text}");
-    let service_tasks: Vec<String> = json(&text)["taskArns"]
+    )["taskArns"]
         .as_array()
         .unwrap()
         .iter()
         .map(|a| a.as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(service_tasks.len(), 2, "{text}");
+    assert_eq!(service_tasks.len(), 2, "{service_tasks:?}");
     for arn in &service_tasks {
         let described = wait_status(&exports, &cluster, arn, "RUNNING");
         let address = detail(&described["attachments"][0], "privateIPv4Address").to_owned();
-        let mut answer = String::new();
-        for _ in 0..50 {
-            answer = http_get(&address, 8080);
-            if answer.contains("fargate-ok") {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        assert!(answer.contains("fargate-ok"), "{answer}");
+        assert_answers(&address);
     }
 
     // The on-demand FARGATE task was left alone.
-    let (ok, text) = aws(
+    let described = aws_json(
         &exports,
         &["describe-tasks", "--cluster", &cluster, "--tasks", &task],
     );
-    assert!(
-        ok && json(&text)["tasks"][0]["lastStatus"] == "RUNNING",
-        "{text}"
+    assert_eq!(
+        described["tasks"][0]["lastStatus"], "RUNNING",
+        "{described}"
     );
 }

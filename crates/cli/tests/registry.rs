@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::{Containers, ECS, RemoveImage, client, spawn};
+use common::{Containers, ECS, RemoveImage, client, spawn_up};
 use flotilla_agent::ServerClient;
 use serde_json::{Value, json};
 
@@ -31,18 +31,7 @@ async fn a_task_runs_from_an_image_pushed_to_the_registry() {
     let data = dir.path().join("data");
     let cluster = format!("reg{}", std::process::id());
     let _containers = Containers(cluster.clone());
-    let (_up, endpoint) = spawn(
-        &[
-            "up",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--cluster",
-            &cluster,
-        ],
-        &[],
-    );
+    let (_up, endpoint) = spawn_up(&data, &cluster);
     let host = endpoint.trim_start_matches("http://").to_owned();
     let image = format!("{host}/apps/hello:1");
     let _image = RemoveImage(image.clone());

@@ -18,18 +18,7 @@ async fn up_runs_tasks_serves_logs_and_adopts_after_kill_9() {
     let data_arg = data.to_str().unwrap();
     let cluster = format!("up{}", std::process::id());
     let _cleanup = Containers(cluster.clone());
-    let (up, endpoint) = spawn(
-        &[
-            "up",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data_arg,
-            "--cluster",
-            &cluster,
-        ],
-        &[],
-    );
+    let (up, endpoint) = spawn_up(&data, &cluster);
     let c = client(&endpoint, &data);
     ecs(&c, "CreateCluster", json!({"clusterName": cluster})).await;
     // The agent registers on its own.
@@ -112,18 +101,7 @@ async fn up_runs_tasks_serves_logs_and_adopts_after_kill_9() {
         "containers outlive the agent"
     );
 
-    let (_up, endpoint) = spawn(
-        &[
-            "up",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data_arg,
-            "--cluster",
-            &cluster,
-        ],
-        &[],
-    );
+    let (_up, endpoint) = spawn_up(&data, &cluster);
     let c = client(&endpoint, &data);
     let instances = ecs(&c, "ListContainerInstances", json!({"cluster": cluster})).await;
     assert_eq!(

@@ -142,3 +142,20 @@ impl Drop for DockerCleanup {
         self.run();
     }
 }
+
+/// One HTTP/1.0 GET of `/` from the test process to a task's address (the host routes to
+/// the cluster network); whatever came back, or an empty answer on a timeout.
+pub fn http_get(address: &str, port: u16) -> String {
+    use std::io::{Read as _, Write as _};
+    let timeout = std::time::Duration::from_secs(5);
+    let mut stream = std::net::TcpStream::connect_timeout(
+        &format!("{address}:{port}").parse().unwrap(),
+        timeout,
+    )
+    .unwrap_or_else(|e| panic!("connect to {address}:{port}: {e}"));
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    write!(stream, "GET / HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+}

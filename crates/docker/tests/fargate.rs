@@ -1,7 +1,6 @@
 //! Fargate tasks (awsvpc, hard limits, the metadata endpoint) run by the agent's task
 //! runner on the real Docker Engine, without a control plane: reports go to a recorder.
 
-use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +11,7 @@ use flotilla_agent::task_runner::{
     RecordingReporter, RunnerContext, TaskHandle, TaskUpdate, Wakers, route_events, spawn_task,
 };
 use flotilla_docker::DockerRuntime;
-use flotilla_docker::testing::{DockerCleanup, TEST_IMAGE, ensure_test_image};
+use flotilla_docker::testing::{DockerCleanup, TEST_IMAGE, ensure_test_image, http_get};
 use flotilla_model::task::{TaskNetwork, TaskOverride, TaskStatus, TaskStopCode};
 use flotilla_model::{DesiredStatus, LaunchType, TaskDefinition, Timestamp};
 use flotilla_protocol::{AssignedContainer, AssignedTask, TaskLaunch, TaskStateChange};
@@ -210,22 +209,6 @@ fn stop(handle: &TaskHandle) {
     update.task.desired_status = DesiredStatus::Stopped;
     update.task.stop_code = Some(TaskStopCode::UserInitiated);
     handle.update(update);
-}
-
-/// One HTTP GET from the test process (the host routes to the cluster network).
-fn http_get(address: &str, port: u16) -> String {
-    let mut stream = std::net::TcpStream::connect_timeout(
-        &format!("{address}:{port}").parse().unwrap(),
-        Duration::from_secs(5),
-    )
-    .unwrap_or_else(|e| panic!("connect to {address}:{port}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(stream, "GET / HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    answer
 }
 
 /// A web server answering with `body` on `port`, on all of the task's addresses.

@@ -409,10 +409,7 @@ impl StateCache {
                 (Parsed::Task { root, cluster, .. }, Some(summary)) => {
                     self.notify_service_task(root, cluster, summary.group.as_deref())
                 }
-                (Parsed::Instance { root, cluster, .. }, _) => self.notify(CacheChange::Instance {
-                    root: (*root).to_owned(),
-                    cluster: (*cluster).to_owned(),
-                }),
+                (Parsed::Instance { root, cluster, .. }, _) => self.notify_instance(root, cluster),
                 _ => {}
             }
             return;
@@ -437,6 +434,7 @@ impl StateCache {
                         );
                     }
                 });
+                self.notify_instance(root, cluster);
             }
             Some(Parsed::Task { root, cluster, id }) => {
                 let Ok(task) = serde_json::from_slice::<Task>(value) else {
@@ -477,12 +475,14 @@ impl StateCache {
             }
             None => {}
         }
-        if let Some(Parsed::Instance { root, cluster, .. }) = parse_key(key) {
-            self.notify(CacheChange::Instance {
-                root: root.to_owned(),
-                cluster: cluster.to_owned(),
-            });
-        }
+    }
+
+    /// An instance was written or deleted: every service of its cluster may care.
+    fn notify_instance(&self, root: &str, cluster: &str) {
+        self.notify(CacheChange::Instance {
+            root: root.to_owned(),
+            cluster: cluster.to_owned(),
+        });
     }
 
     /// A task of a service was written: its controller may have work.
@@ -542,14 +542,17 @@ impl StateCache {
 
     pub fn delete(&self, key: &str, mod_revision: Revision) {
         match parse_key(key) {
-            Some(Parsed::Instance { root, cluster, id }) => self.with_cluster(root, cluster, |c| {
-                if c.instances
-                    .get(id)
-                    .is_some_and(|old| old.mod_revision < mod_revision)
-                {
-                    c.set_instance(id, None);
-                }
-            }),
+            Some(Parsed::Instance { root, cluster, id }) => {
+                self.with_cluster(root, cluster, |c| {
+                    if c.instances
+                        .get(id)
+                        .is_some_and(|old| old.mod_revision < mod_revision)
+                    {
+                        c.set_instance(id, None);
+                    }
+                });
+                self.notify_instance(root, cluster);
+            }
             Some(Parsed::Task { root, cluster, id }) => self.with_cluster(root, cluster, |c| {
                 if c.tasks
                     .get(id)
@@ -572,12 +575,6 @@ impl StateCache {
                 }
             }
             None => {}
-        }
-        if let Some(Parsed::Instance { root, cluster, .. }) = parse_key(key) {
-            self.notify(CacheChange::Instance {
-                root: root.to_owned(),
-                cluster: cluster.to_owned(),
-            });
         }
     }
 

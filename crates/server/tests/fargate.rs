@@ -9,9 +9,9 @@ use aws_sdk_ecs::types::{
     ContainerDefinition, NetworkConfiguration, NetworkMode, PlacementConstraint,
     PlacementConstraintType, PortMapping, TaskOverride,
 };
-use common::{code, message, start};
+use common::{TestServer, code, message, start};
 use flotilla_model::task::{TaskNetwork, TaskStatus};
-use flotilla_testkit::{FakeHost, FakeMode, test_identity};
+use flotilla_testkit::{FakeAgent, FakeHost, FakeMode, test_identity};
 
 fn network(subnet: &str) -> NetworkConfiguration {
     NetworkConfiguration::builder()
@@ -51,16 +51,21 @@ fn fargate_host(cluster: &str) -> FakeHost {
     host
 }
 
+/// Cluster "apps" with one EC2 host and Fargate capacity (agents in `mode`), and the
+/// Fargate task definition "web" (0.25 vCPU, 512 MiB).
+async fn apps_with_fargate(mode: FakeMode) -> (TestServer, FakeAgent, FakeAgent) {
+    let t = start().await;
+    t.cluster("apps").await;
+    let ec2 = t.agent(FakeHost::new("apps", 2048, 4096), mode).await;
+    let fargate = t.agent(fargate_host("apps"), mode).await;
+    register_fargate(&t.client, "web", "256", "512").await;
+    (t, ec2, fargate)
+}
+
 #[tokio::test]
 async fn fargate_tasks_run_on_hidden_capacity_and_show_their_network_interface() {
-    let t = start().await;
+    let (t, ec2, fargate) = apps_with_fargate(FakeMode::Manual).await;
     let c = &t.client;
-    t.cluster("apps").await;
-    let ec2 = t
-        .agent(FakeHost::new("apps", 2048, 4096), FakeMode::Manual)
-        .await;
-    let fargate = t.agent(fargate_host("apps"), FakeMode::Manual).await;
-    register_fargate(c, "web", "256", "512").await;
 
     // The user sees only their own instance.
     let listed = c
@@ -637,14 +642,8 @@ async fn capacity_providers_are_created_described_updated_and_deleted() {
 #[tokio::test]
 async fn a_fargate_service_runs_its_tasks_on_fargate_capacity() {
     use aws_sdk_ecs::types::{LaunchType, SchedulingStrategy};
-    let t = start().await;
+    let (t, ec2, _fargate) = apps_with_fargate(FakeMode::AutoRun).await;
     let c = &t.client;
-    t.cluster("apps").await;
-    let ec2 = t
-        .agent(FakeHost::new("apps", 2048, 4096), FakeMode::AutoRun)
-        .await;
-    let _fargate = t.agent(fargate_host("apps"), FakeMode::AutoRun).await;
-    register_fargate(c, "web", "256", "512").await;
 
     // Refusals: no network configuration, DAEMON, placement strategies.
     let error = c

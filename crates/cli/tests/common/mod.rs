@@ -92,6 +92,22 @@ pub fn docker(config: &Path, args: &[&str], stdin: Option<&str>) -> (bool, Strin
     (output.status.success(), text)
 }
 
+/// Starts `flotilla up` for `cluster` with its state in `data_dir`, on a free port.
+pub fn spawn_up(data_dir: &Path, cluster: &str) -> (Process, String) {
+    spawn(
+        &[
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--cluster",
+            cluster,
+        ],
+        &[],
+    )
+}
+
 /// Starts `flotilla ARGS` and returns it with the endpoint from its first line.
 pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> (Process, String) {
     let mut child = Command::new(FLOTILLA)
@@ -204,6 +220,13 @@ pub fn env_exports(data_dir: &Path) -> Vec<(String, String)> {
         .filter_map(|pair| pair.split_once('='))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
+}
+
+/// Runs `aws ecs ARGS...`, which must succeed, and parses what it printed.
+pub fn aws_json(exports: &[(String, String)], args: &[&str]) -> Value {
+    let (ok, text) = aws(exports, args);
+    assert!(ok, "aws ecs {args:?}: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
 /// Runs `aws ecs ARGS...` with the exports; returns (success, stdout JSON or stderr text).
