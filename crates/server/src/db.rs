@@ -228,6 +228,24 @@ impl TxnBuilder {
         self
     }
 
+    /// The key must hold exactly `value` (see [`Compare::Value`]).
+    pub fn expect_value(&mut self, key: &str, value: Vec<u8>) -> &mut Self {
+        self.txn.compares.push(Compare::Value {
+            key: key.to_owned(),
+            value,
+        });
+        self
+    }
+
+    /// Writes bytes already encoded as the record's JSON.
+    pub fn put_encoded(&mut self, key: &str, value: Vec<u8>) -> &mut Self {
+        self.txn.ops.push(Op::Put {
+            key: key.to_owned(),
+            value,
+        });
+        self
+    }
+
     pub fn put<T: Serialize>(&mut self, key: &str, value: &T) -> &mut Self {
         let value = serde_json::to_vec(value).unwrap_or_default();
         self.txn.ops.push(Op::Put {

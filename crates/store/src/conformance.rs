@@ -69,6 +69,7 @@ pub async fn run_all(make: impl Fn() -> Arc<dyn Store>) {
     put_get_delete_and_revisions(make()).await;
     range_with_prefix_and_pages(make()).await;
     compare_and_swap(make()).await;
+    compare_value(make()).await;
     multi_op_atomicity(make()).await;
     checks_without_ops(make()).await;
     one_winner_per_revision(make()).await;
@@ -224,6 +225,53 @@ pub async fn compare_and_swap(store: Arc<dyn Store>) {
         commit(&*store, vec![expect("k", 0)], vec![put("k", "5")]).await,
         TxnOutcome::Committed { revision: 4 }
     );
+}
+
+fn expect_value(key: &str, value: &str) -> Compare {
+    Compare::Value {
+        key: key.into(),
+        value: value.as_bytes().to_vec(),
+    }
+}
+
+/// A value compare holds while the key holds exactly those bytes, also against a write
+/// queued just before it whose revision the caller never saw (a pipelined writer).
+pub async fn compare_value(store: Arc<dyn Store>) {
+    assert_eq!(
+        commit(&*store, vec![expect_value("k", "1")], vec![put("k", "2")]).await,
+        TxnOutcome::Conflict { key: "k".into() },
+        "a missing key holds no value"
+    );
+    committed(&*store, vec![put("k", "1")]).await;
+    assert_eq!(
+        commit(&*store, vec![expect_value("k", "2")], vec![put("k", "3")]).await,
+        TxnOutcome::Conflict { key: "k".into() }
+    );
+    assert_eq!(store.get("k").await.unwrap().unwrap().value, b"1");
+    // Two transactions sent together: the second expects what the first writes.
+    let first = store.txn(Txn {
+        compares: vec![expect_value("k", "1")],
+        ops: vec![put("k", "v2")],
+    });
+    let second = store.txn(Txn {
+        compares: vec![expect_value("k", "v2")],
+        ops: vec![put("k", "v3")],
+    });
+    let (first, second) = tokio::join!(first, second);
+    assert!(matches!(first.unwrap(), TxnOutcome::Committed { .. }));
+    assert!(matches!(second.unwrap(), TxnOutcome::Committed { .. }));
+    assert_eq!(store.get("k").await.unwrap().unwrap().value, b"v3");
+    // A stale expectation changes nothing.
+    assert_eq!(
+        commit(
+            &*store,
+            vec![expect_value("k", "v2")],
+            vec![put("k", "v4"), put("o", "x")]
+        )
+        .await,
+        TxnOutcome::Conflict { key: "k".into() }
+    );
+    assert!(store.get("o").await.unwrap().is_none());
 }
 
 pub async fn multi_op_atomicity(store: Arc<dyn Store>) {

@@ -101,6 +101,19 @@ pub struct RangeResponse {
 pub enum Compare {
     /// The key's mod_revision must equal this; 0 means "the key must not exist".
     ModRevision { key: String, mod_revision: Revision },
+    /// The key must exist and hold exactly these bytes. A writer that bumps a version inside
+    /// every value it writes can compare against a value it has sent but whose revision it
+    /// does not know yet (a commit still in flight), which a `ModRevision` compare cannot.
+    Value { key: String, value: Vec<u8> },
+}
+
+impl Compare {
+    /// The key this compare reads.
+    pub fn key(&self) -> &str {
+        match self {
+            Compare::ModRevision { key, .. } | Compare::Value { key, .. } => key,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -210,9 +223,12 @@ pub fn validate_txn(txn: &Txn) -> Result<usize, StoreError> {
     }
     let mut bytes = 0usize;
     for compare in &txn.compares {
-        let Compare::ModRevision { key, .. } = compare;
+        let key = compare.key();
         validate_key(key)?;
         bytes += key.len();
+        if let Compare::Value { value, .. } = compare {
+            bytes += value.len();
+        }
     }
     for op in &txn.ops {
         match op {

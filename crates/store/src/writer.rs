@@ -476,7 +476,6 @@ fn evaluate<'t, T: ReadableTable<&'static str, &'static [u8]>>(
     let mut changes: HashMap<&'t str, Option<Staged>> = HashMap::new();
     let mut events: Vec<WatchEvent> = Vec::new();
     for compare in &txn.compares {
-        let Compare::ModRevision { key, mod_revision } = compare;
         let view = View {
             table,
             overlay,
@@ -484,9 +483,16 @@ fn evaluate<'t, T: ReadableTable<&'static str, &'static [u8]>>(
             changes: &changes,
             events: &events,
         };
-        let actual = view.header(key)?.map_or(0, |h| h.mod_revision);
-        if actual != *mod_revision {
-            return Ok(Evaluated::Conflict(key.clone()));
+        let holds = match compare {
+            Compare::ModRevision { key, mod_revision } => {
+                view.header(key)?.map_or(0, |h| h.mod_revision) == *mod_revision
+            }
+            Compare::Value { key, value } => view
+                .record(key)?
+                .is_some_and(|(_, actual)| actual == *value),
+        };
+        if !holds {
+            return Ok(Evaluated::Conflict(compare.key().to_owned()));
         }
     }
     if txn.ops.is_empty() {

@@ -82,7 +82,12 @@ struct KeptIndex {
 impl KeptIndex {
     /// Brings the index up to date with the cluster: host by host from the change journal,
     /// or from scratch when hosts joined or left, or the journal no longer reaches back.
-    fn refresh(&mut self, state: &ClusterState) {
+    /// Hosts the batch in flight writes (`in_flight`) keep the index's own view, which holds
+    /// that batch's placements; they are seen again once its write-through journals them.
+    /// With a batch in flight a rebuild would drop its placements and move host positions,
+    /// so then it returns false instead, and the caller lands that batch first.
+    #[must_use]
+    fn refresh(&mut self, state: &ClusterState, in_flight: Option<&Written>) -> bool {
         if self.built
             && let Some(changed) = state.host_changes_since(self.seen_changes)
         {
@@ -98,6 +103,8 @@ impl KeptIndex {
                     .get(id)
                     .filter(|i| i.value.status != ContainerInstanceStatus::Inactive);
                 match (self.positions.get(id), instance) {
+                    (Some(&position), Some(_))
+                        if in_flight.is_some_and(|w| w.contains_key(&position)) => {}
                     (Some(&position), Some(instance)) => {
                         self.update(position, instance, state.host_tasks.get(id));
                     }
@@ -110,10 +117,14 @@ impl KeptIndex {
             }
             if !joined_or_left {
                 self.seen_changes = state.host_changes_total;
-                return;
+                return true;
             }
         }
+        if in_flight.is_some() {
+            return false;
+        }
         self.rebuild(state);
+        true
     }
 
     fn update(
@@ -206,25 +217,153 @@ impl Engine {
         sender
     }
 
+    /// Takes jobs off the queue and places them, one batch committing while the next is
+    /// decided (a pipeline one batch deep): the next batch's index already holds the
+    /// placements of the one in flight, and its transaction expects the host records that
+    /// batch writes, byte for byte ([`flotilla_store::Compare::Value`]), since their revision
+    /// is not known until it commits. If the batch in flight fails, the one decided on top
+    /// of it is thrown away and both are decided again one at a time.
     async fn run_applier(self, mut receiver: mpsc::Receiver<PlacementJob>) {
-        let mut kept = None;
+        let mut kept: Option<KeptIndex> = None;
+        let mut in_flight: Option<InFlight> = None;
         loop {
-            let first = tokio::select! {
-                _ = self.shutdown.cancelled() => return,
-                received = tokio::time::timeout(IDLE_TIMEOUT, receiver.recv()) => match received {
-                    Ok(Some(job)) => job,
-                    Ok(None) | Err(_) => return,
-                },
-            };
-            let mut batch = vec![first];
-            while batch.len() < JOBS_PER_BATCH_MAX {
+            let mut jobs = Vec::new();
+            if in_flight.is_none() {
+                let first = tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    received = tokio::time::timeout(IDLE_TIMEOUT, receiver.recv()) => match received {
+                        Ok(Some(job)) => job,
+                        Ok(None) | Err(_) => return,
+                    },
+                };
+                jobs.push(first);
+            }
+            while jobs.len() < JOBS_PER_BATCH_MAX {
                 match receiver.try_recv() {
-                    Ok(job) => batch.push(job),
+                    Ok(job) => jobs.push(job),
                     Err(_) => break,
                 }
             }
-            self.apply_batch(batch, &mut kept).await;
+            // Nothing more to decide, or a job whose token the batch in flight may be
+            // recording: let the batch in flight finish first.
+            if let Some(flight) =
+                in_flight.take_if(|_| jobs.is_empty() || jobs.iter().any(|job| job.token.is_some()))
+            {
+                if let Err(retry) = self.land(flight).await {
+                    kept = None;
+                    self.apply_batch(retry, &mut kept).await;
+                }
+            }
+            let jobs = self.without_repeated_tokens(jobs).await;
+            if jobs.is_empty() {
+                continue;
+            }
+            let mut index = kept.take().unwrap_or_default();
+            let keys = jobs[0].ctx.keys();
+            let mut snapshot = self.cache.cluster(keys.root(), &jobs[0].cluster_name);
+            if !index.refresh(&snapshot, in_flight.as_ref().map(|f| &f.written))
+                && let Some(flight) = in_flight.take()
+            {
+                // Hosts joined or left: land the batch in flight, then index afresh.
+                drop(snapshot);
+                if let Err(mut retry) = self.land(flight).await {
+                    retry.extend(jobs);
+                    self.apply_batch(retry, &mut kept).await;
+                    continue;
+                }
+                index = KeptIndex::default();
+                snapshot = self.cache.cluster(keys.root(), &jobs[0].cluster_name);
+                let _ = index.refresh(&snapshot, None);
+            }
+            let decided = self.decide(jobs, &mut index, in_flight.as_ref(), snapshot);
+            if let Some(flight) = in_flight.take()
+                && let Err(mut retry) = self.land(flight).await
+            {
+                // The new batch was decided on top of placements that did not commit.
+                retry.extend(decided.jobs);
+                self.apply_batch(retry, &mut kept).await;
+                continue;
+            }
+            if decided.txn.is_empty() {
+                decided.answer();
+                kept = Some(index);
+                continue;
+            }
+            let db = self.db.clone();
+            let Decided {
+                jobs,
+                answers,
+                txn,
+                written,
+                created,
+                root,
+                cluster_name,
+            } = decided;
+            let commit = tokio::spawn(async move { db.commit(txn.build()).await });
+            in_flight = Some(InFlight {
+                jobs,
+                answers,
+                written,
+                created,
+                root,
+                cluster_name,
+                commit,
+            });
+            kept = Some(index);
         }
+    }
+
+    /// Waits for a batch in flight. Committed: writes it through to the cache and answers its
+    /// jobs. A conflict: hands its jobs back to be decided again. A storage error: answers it.
+    async fn land(&self, flight: InFlight) -> Result<(), Vec<PlacementJob>> {
+        let committed = flight
+            .commit
+            .await
+            .unwrap_or_else(|_| Err(EcsError::Server("The placement commit panicked.".into())));
+        match committed {
+            Ok(Some(revision)) => {
+                self.cache.committed(
+                    flight.written.into_values().map(|(i, _)| i).collect(),
+                    &flight.created,
+                    &flight.root,
+                    &flight.cluster_name,
+                    revision,
+                );
+                for (job, answer) in flight.jobs.into_iter().zip(flight.answers) {
+                    let _ = job.reply.send(answer);
+                }
+                Ok(())
+            }
+            Ok(None) => {
+                if let Ok(revision) = self.db.store.revision().await {
+                    self.cache.wait_for(revision).await;
+                }
+                Err(flight.jobs)
+            }
+            Err(error) => {
+                for job in flight.jobs {
+                    let _ = job.reply.send(Err(error.clone()));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Answers the jobs whose token was used before; returns the others.
+    async fn without_repeated_tokens(&self, jobs: Vec<PlacementJob>) -> Vec<PlacementJob> {
+        let mut pending = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match self.answer_from_token(&job).await {
+                Ok(Some(answer)) => {
+                    let _ = job.reply.send(Ok(answer));
+                }
+                Ok(None) => pending.push(job),
+                Err(error) => {
+                    let _ = job.reply.send(Err(error));
+                }
+            }
+        }
+        pending
     }
 
     /// Answers a job whose token was used before, if it was.
@@ -261,167 +400,219 @@ impl Engine {
         }))
     }
 
-    /// Decides and commits one batch. `kept` is the index from earlier batches; it is left
-    /// in place only when this batch's placements committed (or nothing was placed), so it
-    /// never holds a placement the store does not.
+    /// Decides and commits one batch with nothing else in flight, deciding again after a
+    /// conflict. `kept` is the index from earlier batches; it is left in place only when
+    /// this batch's placements committed (or nothing was placed), so it never holds a
+    /// placement the store does not.
     async fn apply_batch(&self, mut jobs: Vec<PlacementJob>, kept: &mut Option<KeptIndex>) {
         for _ in 0..CAS_RETRIES_MAX {
-            // Jobs answered without placing (repeated tokens, errors) leave the batch.
-            let mut pending = Vec::with_capacity(jobs.len());
-            for job in jobs {
-                match self.answer_from_token(&job).await {
-                    Ok(Some(answer)) => {
-                        let _ = job.reply.send(Ok(answer));
-                    }
-                    Ok(None) => pending.push(job),
-                    Err(error) => {
-                        let _ = job.reply.send(Err(error));
-                    }
-                }
-            }
-            jobs = pending;
+            jobs = self.without_repeated_tokens(jobs).await;
             if jobs.is_empty() {
                 return;
             }
-            let ctx = &jobs[0].ctx;
-            let cluster_name = jobs[0].cluster_name.clone();
-            let keys = ctx.keys();
-            // The cache as it is, without waiting for the store's watch to catch up: this
-            // applier's own commits are written through, and whatever else is newer in the
-            // store makes the commit's revision check fail, and the batch is decided again
-            // after the cache catches up.
-            let snapshot = self.cache.cluster(keys.root(), &cluster_name);
-            // Every job of the batch places against one index, seeing the placements of the
-            // jobs before it; the index is taken out while it may hold uncommitted ones.
-            let mut taken = kept.take().unwrap_or_default();
-            taken.refresh(&snapshot);
-            let any_active = snapshot.active_ec2_instances + snapshot.active_fargate_instances > 0;
-            // Let go of the snapshot before the write-through, so the cache updates its
-            // maps in place instead of copying the paths this snapshot still shares.
-            drop(snapshot);
-            let KeptIndex { index, sources, .. } = &mut taken;
-            let mut txn = TxnBuilder::new();
-            let mut touched: BTreeMap<usize, ContainerInstance> = BTreeMap::new();
-            let mut created_all: Vec<Task> = Vec::new();
-            let mut answers: Vec<JobOutcome> = Vec::with_capacity(jobs.len());
-            for job in &jobs {
-                if !any_active {
-                    answers.push(Err(EcsError::invalid(
-                        "No Container Instances were found in your cluster.",
-                    )));
-                    continue;
-                }
-                let result = index.place(&job.request, rand::random());
-                let unplaced_event = match (&job.service_name, result.unplaced > 0) {
-                    (Some(service), true) => Some(flotilla_reconcile::placement_failure_event(
-                        service,
-                        index.hosts(),
-                        &result.rejections,
-                    )),
-                    _ => None,
-                };
-                let failures: Vec<Failure> = if result.unplaced > 0 {
-                    result
-                        .rejections
-                        .iter()
-                        .map(|r| {
-                            Failure::new(
-                                index.hosts()[r.host_index].arn.clone(),
-                                r.reason.ecs_reason(),
-                            )
-                        })
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                let mut created = Vec::new();
-                for placement in result.placements {
-                    let i = placement.host_index;
-                    // Later jobs of this batch see this placement.
-                    index.apply(&placement, &job.launch.group);
-                    let reservation: Reservation = placement.reservation;
-                    let instance = touched
-                        .entry(i)
-                        .or_insert_with(|| sources[i].0.value.clone());
-                    instance.remaining.apply(&reservation);
-                    let task = new_task(
-                        &job.ctx,
-                        &job.cluster_arn,
-                        &cluster_name,
-                        &job.launch,
-                        instance,
-                        reservation,
-                    );
-                    let task_key = keys.task(&cluster_name, &task.id);
-                    txn.expect(&task_key, 0).put(&task_key, &task);
-                    txn.put(
-                        &keys.instance_task(&cluster_name, &instance.id, &task.id),
-                        &(),
-                    );
-                    created.push(task);
-                }
-                if let (Some(token), false) = (&job.token, created.is_empty()) {
-                    let record = RunTaskToken {
-                        fingerprint: token.fingerprint.clone(),
-                        task_ids: created.iter().map(|t| t.id.clone()).collect(),
-                        expires_at: job
-                            .ctx
-                            .now
-                            .plus_millis(self.config.client_token_retention_ms),
-                    };
-                    txn.put(&token.key, &record);
-                }
-                created_all.extend(created.iter().cloned());
-                answers.push(Ok(Placed {
-                    tasks: created,
-                    failures,
-                    unplaced_event,
-                }));
+            let mut index = kept.take().unwrap_or_default();
+            let snapshot = self
+                .cache
+                .cluster(jobs[0].ctx.keys().root(), &jobs[0].cluster_name);
+            let _ = index.refresh(&snapshot, None);
+            let decided = self.decide(jobs, &mut index, None, snapshot);
+            if decided.txn.is_empty() {
+                decided.answer();
+                *kept = Some(index);
+                return;
             }
-            let mut updated = Vec::with_capacity(touched.len());
-            for (i, mut instance) in touched {
-                instance.version += 1;
-                txn.replace(&sources[i].0, &instance);
-                updated.push(instance);
-            }
-            let committed = if txn.is_empty() {
-                Ok(Some(0))
-            } else {
-                self.db.commit(txn.build()).await
+            let Decided {
+                jobs: decided_jobs,
+                answers,
+                txn,
+                written,
+                created,
+                root,
+                cluster_name,
+            } = decided;
+            let flight = InFlight {
+                jobs: decided_jobs,
+                answers,
+                written,
+                created,
+                root,
+                cluster_name,
+                commit: {
+                    let db = self.db.clone();
+                    tokio::spawn(async move { db.commit(txn.build()).await })
+                },
             };
-            match committed {
-                Ok(Some(revision)) => {
-                    *kept = Some(taken);
-                    if revision > 0 {
-                        self.cache.committed(
-                            updated,
-                            &created_all,
-                            keys.root(),
-                            &cluster_name,
-                            revision,
-                        );
-                    }
-                    for (job, answer) in jobs.into_iter().zip(answers) {
-                        let _ = job.reply.send(answer);
-                    }
+            match self.land(flight).await {
+                Ok(()) => {
+                    *kept = Some(index);
                     return;
                 }
-                Ok(None) => {
-                    // A host changed under us (a report, a drain): catch up and decide again.
-                    if let Ok(revision) = self.db.store.revision().await {
-                        self.cache.wait_for(revision).await;
-                    }
-                }
-                Err(error) => {
-                    for job in jobs {
-                        let _ = job.reply.send(Err(error.clone()));
-                    }
-                    return;
-                }
+                Err(retry) => jobs = retry,
             }
         }
         for job in jobs {
             let _ = job.reply.send(Err(contention()));
         }
     }
+
+    /// Decides one batch against `kept`, already brought up to date with `snapshot`, and
+    /// leaves it holding the batch's placements. Every job sees the placements of the jobs
+    /// before it; hosts the batch `in_flight` writes start from what it writes. No IO.
+    ///
+    /// The snapshot is the cache as it is, without waiting for the store's watch to catch
+    /// up: this applier's own commits are written through, and whatever else is newer in
+    /// the store makes the commit's compares fail, and the batch is decided again after the
+    /// cache catches up.
+    fn decide(
+        &self,
+        jobs: Vec<PlacementJob>,
+        kept: &mut KeptIndex,
+        in_flight: Option<&InFlight>,
+        snapshot: Arc<ClusterState>,
+    ) -> Decided {
+        let keys = jobs[0].ctx.keys();
+        let cluster_name = jobs[0].cluster_name.clone();
+        let any_active = snapshot.active_ec2_instances + snapshot.active_fargate_instances > 0;
+        // Let go of the snapshot before the write-through, so the cache updates its maps in
+        // place instead of copying the paths this snapshot still shares.
+        drop(snapshot);
+        let KeptIndex { index, sources, .. } = kept;
+        let mut txn = TxnBuilder::new();
+        let mut touched: BTreeMap<usize, ContainerInstance> = BTreeMap::new();
+        let mut created_all: Vec<Task> = Vec::new();
+        let mut answers: Vec<JobOutcome> = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            if !any_active {
+                answers.push(Err(EcsError::invalid(
+                    "No Container Instances were found in your cluster.",
+                )));
+                continue;
+            }
+            let result = index.place(&job.request, rand::random());
+            let unplaced_event = match (&job.service_name, result.unplaced > 0) {
+                (Some(service), true) => Some(flotilla_reconcile::placement_failure_event(
+                    service,
+                    index.hosts(),
+                    &result.rejections,
+                )),
+                _ => None,
+            };
+            let failures: Vec<Failure> = if result.unplaced > 0 {
+                result
+                    .rejections
+                    .iter()
+                    .map(|r| {
+                        Failure::new(
+                            index.hosts()[r.host_index].arn.clone(),
+                            r.reason.ecs_reason(),
+                        )
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let mut created = Vec::new();
+            for placement in result.placements {
+                let i = placement.host_index;
+                // Later jobs of this batch see this placement.
+                index.apply(&placement, &job.launch.group);
+                let reservation: Reservation = placement.reservation;
+                // A host the batch in flight writes starts from what that batch writes.
+                let instance = touched.entry(i).or_insert_with(|| {
+                    in_flight
+                        .and_then(|f| f.written.get(&i))
+                        .map_or_else(|| sources[i].0.value.clone(), |(w, _)| w.clone())
+                });
+                instance.remaining.apply(&reservation);
+                let task = new_task(
+                    &job.ctx,
+                    &job.cluster_arn,
+                    &cluster_name,
+                    &job.launch,
+                    instance,
+                    reservation,
+                );
+                let task_key = keys.task(&cluster_name, &task.id);
+                txn.expect(&task_key, 0).put(&task_key, &task);
+                txn.put(
+                    &keys.instance_task(&cluster_name, &instance.id, &task.id),
+                    &(),
+                );
+                created.push(task);
+            }
+            if let (Some(token), false) = (&job.token, created.is_empty()) {
+                let record = RunTaskToken {
+                    fingerprint: token.fingerprint.clone(),
+                    task_ids: created.iter().map(|t| t.id.clone()).collect(),
+                    expires_at: job
+                        .ctx
+                        .now
+                        .plus_millis(self.config.client_token_retention_ms),
+                };
+                txn.put(&token.key, &record);
+            }
+            created_all.extend(created.iter().cloned());
+            answers.push(Ok(Placed {
+                tasks: created,
+                failures,
+                unplaced_event,
+            }));
+        }
+        let mut written = HashMap::with_capacity(touched.len());
+        for (i, mut instance) in touched {
+            instance.version += 1;
+            let key = &sources[i].0.key;
+            match in_flight.and_then(|f| f.written.get(&i)) {
+                Some((_, bytes)) => txn.expect_value(key, bytes.clone()),
+                None => txn.expect(key, sources[i].0.mod_revision),
+            };
+            let bytes = serde_json::to_vec(&instance).unwrap_or_default();
+            txn.put_encoded(key, bytes.clone());
+            written.insert(i, (instance, bytes));
+        }
+        Decided {
+            jobs,
+            answers,
+            txn,
+            written,
+            created: created_all,
+            root: keys.root().to_owned(),
+            cluster_name,
+        }
+    }
+}
+
+/// Host records a batch writes, by host index: the record and its encoded bytes (what the
+/// next batch's compare expects).
+type Written = HashMap<usize, (ContainerInstance, Vec<u8>)>;
+
+/// A batch decided and not yet sent.
+struct Decided {
+    jobs: Vec<PlacementJob>,
+    answers: Vec<JobOutcome>,
+    txn: TxnBuilder,
+    written: Written,
+    created: Vec<Task>,
+    root: String,
+    cluster_name: String,
+}
+
+impl Decided {
+    /// Answers the jobs of a batch that wrote nothing.
+    fn answer(self) {
+        for (job, answer) in self.jobs.into_iter().zip(self.answers) {
+            let _ = job.reply.send(answer);
+        }
+    }
+}
+
+/// A batch whose commit is under way.
+struct InFlight {
+    jobs: Vec<PlacementJob>,
+    answers: Vec<JobOutcome>,
+    written: Written,
+    created: Vec<Task>,
+    root: String,
+    cluster_name: String,
+    commit: tokio::task::JoinHandle<Result<Option<flotilla_store::Revision>, EcsError>>,
 }
