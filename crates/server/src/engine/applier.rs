@@ -24,6 +24,10 @@ use flotilla_scheduler::HostIndex;
 const QUEUE_MAX: usize = 1024;
 /// Placements decided and committed together.
 const JOBS_PER_BATCH_MAX: usize = 64;
+/// Tasks one batch may place: each writes up to three keys (the task, its instance index
+/// entry, the host) and compares two, which keeps a batch's transaction well inside the
+/// store's limit of operations per transaction.
+const TASKS_PER_BATCH_MAX: usize = 240;
 /// An idle applier stops after this long (a new one starts with the next placement).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -238,9 +242,13 @@ impl Engine {
                 };
                 jobs.push(first);
             }
-            while jobs.len() < JOBS_PER_BATCH_MAX {
+            let mut tasks: usize = jobs.iter().map(|j| j.request.count).sum();
+            while jobs.len() < JOBS_PER_BATCH_MAX && tasks < TASKS_PER_BATCH_MAX {
                 match receiver.try_recv() {
-                    Ok(job) => jobs.push(job),
+                    Ok(job) => {
+                        tasks += job.request.count;
+                        jobs.push(job);
+                    }
                     Err(_) => break,
                 }
             }
@@ -266,9 +274,10 @@ impl Engine {
             {
                 // Hosts joined or left: land the batch in flight, then index afresh.
                 drop(snapshot);
-                if let Err(mut retry) = self.land(flight).await {
-                    retry.extend(jobs);
+                if let Err(retry) = self.land(flight).await {
+                    kept = None;
                     self.apply_batch(retry, &mut kept).await;
+                    self.apply_batch(jobs, &mut kept).await;
                     continue;
                 }
                 index = KeptIndex::default();
@@ -277,11 +286,12 @@ impl Engine {
             }
             let decided = self.decide(jobs, &mut index, in_flight.as_ref(), snapshot);
             if let Some(flight) = in_flight.take()
-                && let Err(mut retry) = self.land(flight).await
+                && let Err(retry) = self.land(flight).await
             {
-                // The new batch was decided on top of placements that did not commit.
-                retry.extend(decided.jobs);
+                // The new batch was decided on top of placements that did not commit: both
+                // are decided again, each as its own batch.
                 self.apply_batch(retry, &mut kept).await;
+                self.apply_batch(decided.jobs, &mut kept).await;
                 continue;
             }
             if decided.txn.is_empty() {
