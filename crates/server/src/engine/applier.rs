@@ -254,13 +254,12 @@ impl Engine {
             }
             // Nothing more to decide, or a job whose token the batch in flight may be
             // recording: let the batch in flight finish first.
-            if let Some(flight) =
-                in_flight.take_if(|_| jobs.is_empty() || jobs.iter().any(|job| job.token.is_some()))
+            let land_first = jobs.is_empty() || jobs.iter().any(|job| job.token.is_some());
+            if let Some(flight) = in_flight.take_if(|_| land_first)
+                && let Err(retry) = self.land(flight).await
             {
-                if let Err(retry) = self.land(flight).await {
-                    kept = None;
-                    self.apply_batch(retry, &mut kept).await;
-                }
+                kept = None;
+                self.apply_batch(retry, &mut kept).await;
             }
             let jobs = self.without_repeated_tokens(jobs).await;
             if jobs.is_empty() {
