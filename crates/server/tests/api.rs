@@ -1647,6 +1647,83 @@ async fn concurrent_run_tasks_never_oversubscribe_a_host() {
     }
 }
 
+/// More tasks queue at once than one transaction may write: the applier splits them into
+/// batches (and pipelines those), and every task lands with the hosts' books exact.
+#[tokio::test]
+async fn a_burst_of_run_tasks_of_ten_is_placed_in_several_batches() {
+    let t = start().await;
+    let c = &t.client;
+    t.cluster("burst").await;
+    let mut hosts = Vec::new();
+    for _ in 0..4 {
+        hosts.push(
+            t.agent(FakeHost::new("burst", 65536, 65536), FakeMode::Manual)
+                .await,
+        );
+    }
+    c.register_task_definition()
+        .family("burst")
+        .container_definitions(
+            aws_sdk_ecs::types::ContainerDefinition::builder()
+                .name("app")
+                .image("busybox")
+                .cpu(64)
+                .memory(64)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    // 4 hosts x 1024 slots; 96 concurrent calls of 10 = 960 tasks.
+    let mut calls = Vec::new();
+    for _ in 0..96 {
+        let c = c.clone();
+        calls.push(tokio::spawn(async move {
+            c.run_task()
+                .cluster("burst")
+                .task_definition("burst")
+                .count(10)
+                .send()
+                .await
+        }));
+    }
+    let mut placed = 0;
+    for call in calls {
+        let answer = call.await.unwrap().expect("RunTask succeeds");
+        assert!(answer.failures().is_empty(), "{:?}", answer.failures());
+        placed += answer.tasks().len();
+    }
+    assert_eq!(placed, 960);
+    let instances = c
+        .list_container_instances()
+        .cluster("burst")
+        .send()
+        .await
+        .unwrap()
+        .container_instance_arns
+        .unwrap();
+    let described = c
+        .describe_container_instances()
+        .cluster("burst")
+        .set_container_instances(Some(instances))
+        .send()
+        .await
+        .unwrap();
+    let mut pending = 0;
+    for instance in described.container_instances.unwrap() {
+        let remaining = instance.remaining_resources.unwrap();
+        let cpu = remaining
+            .iter()
+            .find(|r| r.name.as_deref() == Some("CPU"))
+            .unwrap()
+            .integer_value;
+        let count = instance.pending_tasks_count;
+        assert_eq!(cpu, 65536 - 64 * count, "a host's books match its tasks");
+        pending += count;
+    }
+    assert_eq!(pending, 960);
+}
+
 #[tokio::test]
 async fn explain_placement_says_why_host_by_host() {
     let t = start().await;
