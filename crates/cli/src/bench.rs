@@ -395,7 +395,7 @@ async fn bench_launch(iterations: usize) -> anyhow::Result<()> {
 type RunningTask = (String, String, bool);
 
 /// How long a task without health checks must run before its death counts as a crash
-/// rather than a failed start (the reconciler's `PROVEN_AFTER_RUNNING_MS`), plus a margin.
+/// rather than a failed start (the reconciler's `HEALTHY_AFTER_RUNNING_MS`), plus a margin.
 const PROVEN_AFTER_SECONDS: f64 = 41.0;
 
 fn unix_now_seconds() -> f64 {
@@ -562,7 +562,7 @@ async fn bench_service(tasks: u32, kills: usize) -> anyhow::Result<()> {
         .await?;
         wait_service_stable(&client, &cluster, "bench", tasks as usize, ":2").await?;
         println!(
-            "rolling update 1 -> 2 ({tasks} tasks, 100%/200%)  {:>8.0} ms",
+            "rolling update 1 -> 2 ({tasks} tasks, 100%/200%, healthy 40 s after RUNNING)  {:>8.0} ms",
             started.elapsed().as_secs_f64() * 1000.0
         );
         call(

@@ -152,6 +152,11 @@ struct ServerArgs {
     /// start; it doubles with each failure in a row, up to 15 minutes (ECS: 1000).
     #[arg(long, default_value_t = 1000)]
     service_restart_delay_ms: u64,
+    /// How long, in milliseconds, a service task without container health checks must be
+    /// RUNNING before it counts healthy: before then a rolling update stops no old task for
+    /// it and its deployment cannot complete (ECS: 40000).
+    #[arg(long, default_value_t = 40_000)]
+    service_healthy_after_ms: u32,
     /// PEM certificate chain for HTTPS (default: DIR/tls/cert.pem, signed by the CA
     /// DIR/tls/ca.pem, both generated on first start).
     #[arg(long, env = "FLOTILLA_TLS_CERTIFICATE", requires = "tls_key")]
@@ -473,6 +478,7 @@ async fn start_server(args: &ServerArgs) -> anyhow::Result<flotilla_server::Runn
         config.registry.key = flotilla_registry::KeyConfig::Hex(key.clone());
     }
     config.engine.restart_delay_base_ms = args.service_restart_delay_ms.max(1);
+    config.engine.healthy_after_running_ms = i64::from(args.service_healthy_after_ms);
     config.tls = tls_source(args);
     let server = flotilla_server::start(config, store).await?;
     let endpoint_file = EndpointFile {

@@ -145,7 +145,9 @@ async fn a_replica_service_heals_rolls_out_rolls_back_and_drains() {
     let data = dir.path().join("server");
     let cluster = format!("svc{}", std::process::id());
     let _cleanup = Containers(cluster.clone());
-    // Restart gaps of 1 ms (doubling) so the circuit breaker's ten failures come quickly.
+    // Restart gaps of 1 ms (doubling) so the circuit breaker's ten failures come quickly;
+    // tasks count healthy 2 s after RUNNING (ECS: 40 s) so the rollouts take test time, and
+    // a container that exits at once is never taken for a healthy one.
     let (_server, endpoint) = spawn(
         &[
             "server",
@@ -155,6 +157,8 @@ async fn a_replica_service_heals_rolls_out_rolls_back_and_drains() {
             data.to_str().unwrap(),
             "--service-restart-delay-ms",
             "1",
+            "--service-healthy-after-ms",
+            "2000",
         ],
         &[],
     );

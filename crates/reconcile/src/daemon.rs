@@ -135,7 +135,8 @@ pub(crate) fn plan(ev: &mut Evaluation<'_>, eligible: &[bool]) {
             .copied()
             .filter(|&i| ev.live[i].active() && !ev.live[i].primary)
             .collect();
-        // Older tasks that are not healthy cost the floor nothing.
+        // Older tasks that are not healthy cost the floor nothing. (A maturing one goes too:
+        // with one task per host there is no room to keep it while the new one starts.)
         for &index in &old {
             if !ev.live[index].healthy {
                 ev.stop(index, &scale_reason);

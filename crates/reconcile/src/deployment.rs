@@ -71,7 +71,13 @@ pub(crate) fn throttle(deployment: &mut Deployment, failures: u32, at: Timestamp
 /// Folds what the observed tasks say into each deployment's memory: STOPPED tasks that
 /// failed to start are counted once (throttle, breaker), proven tasks disarm the breaker and
 /// reset the throttle.
-pub(crate) fn account(service: &mut Service, tasks: &[Task], now: Timestamp, base_ms: u64) {
+pub(crate) fn account(
+    service: &mut Service,
+    tasks: &[Task],
+    now: Timestamp,
+    base_ms: u64,
+    healthy_after_ms: i64,
+) {
     for deployment in &mut service.deployments {
         let id = deployment.id.clone();
         let own = || {
@@ -97,7 +103,7 @@ pub(crate) fn account(service: &mut Service, tasks: &[Task], now: Timestamp, bas
         // service's record unchanged.
         if deployment.rollout_state == RolloutState::InProgress
             && !deployment.proven
-            && own().any(|t| health::is_proven(t, now))
+            && own().any(|t| health::is_proven(t, now, healthy_after_ms))
         {
             deployment.proven = true;
             deployment.failed_tasks = 0;
@@ -108,7 +114,7 @@ pub(crate) fn account(service: &mut Service, tasks: &[Task], now: Timestamp, bas
             // Only failures act, so only they need remembering. A task that had proven
             // itself (healthy, or up for 40 s) and then died is not a failed start: it is
             // replaced at once, as ECS replaces a task that crashes after running for hours.
-            if !health::is_start_failure(task) || health::is_proven(task, now) {
+            if !health::is_start_failure(task) || health::is_proven(task, now, healthy_after_ms) {
                 continue;
             }
             deployment.accounted_task_ids.insert(task.id.clone());
@@ -123,7 +129,9 @@ pub(crate) fn account(service: &mut Service, tasks: &[Task], now: Timestamp, bas
         // A task made after the latest failure that proves itself ends the run of failures.
         if let Some(last_failure_at) = deployment.last_failure_at {
             let recovered = deployment.consecutive_failures > 0
-                && own().any(|t| t.created_at > last_failure_at && health::is_proven(t, now));
+                && own().any(|t| {
+                    t.created_at > last_failure_at && health::is_proven(t, now, healthy_after_ms)
+                });
             if recovered {
                 deployment.consecutive_failures = 0;
                 deployment.next_start_at = None;

@@ -48,6 +48,10 @@ pub(crate) struct LiveTask<'a> {
     /// PENDING or RUNNING and desired RUNNING (see `health::is_wanted`).
     pub wanted: bool,
     pub healthy: bool,
+    /// RUNNING and not healthy yet, but not failing either: within the healthy-after window,
+    /// or waiting for its first health check result. Likely to turn healthy soon, so an
+    /// outgoing one is kept for the floor's budget rather than stopped outright.
+    pub maturing: bool,
     /// Stopped by this evaluation.
     pub stop: bool,
 }
@@ -161,11 +165,34 @@ impl<'a> Evaluation<'a> {
                         .position(|d| Some(d.id.as_str()) == started_by),
                     primary: started_by.is_some() && started_by == primary_id.as_deref(),
                     wanted: health::is_wanted(task),
-                    healthy: health::is_healthy(task),
+                    healthy: health::is_healthy(
+                        task,
+                        self.observed.now,
+                        self.observed.healthy_after_running_ms,
+                    ),
+                    maturing: false,
                     stop: false,
                 }
             })
             .collect();
+        for live in &mut self.live {
+            live.maturing = !live.healthy
+                && health::is_running(live.task)
+                && live.task.health_status != flotilla_model::HealthStatus::Unhealthy;
+        }
+        // A RUNNING task without checks turns healthy when its window ends with no report to
+        // prompt an evaluation: come back then.
+        let window = self.observed.healthy_after_running_ms;
+        let turning_healthy: Vec<Timestamp> = self
+            .live
+            .iter()
+            .filter(|t| !t.healthy && health::is_running(t.task))
+            .filter(|t| !health::has_health_checks(t.task))
+            .filter_map(|t| health::healthy_without_checks_at(t.task, window))
+            .collect();
+        for at in turning_healthy {
+            self.requeue_at(at);
+        }
     }
 
     /// How many live tasks `keep` accepts.
@@ -242,25 +269,28 @@ impl<'a> Evaluation<'a> {
         }
     }
 
-    /// `candidates` (indexes into `live`) in the order to stop them: PENDING before RUNNING
-    /// (newest first), then RUNNING ones as the strategies say (binpack: from the host that
-    /// will have the most left; spread: from the fullest host or zone).
+    /// `candidates` (indexes into `live`) in the order to stop them: those not healthy yet
+    /// first (PENDING before RUNNING, newest first), so a scale-in keeps the tasks that have
+    /// proven themselves; then healthy ones as the strategies say (binpack: from the host
+    /// that will have the most left; spread: from the fullest host or zone).
     pub fn stop_order(&self, candidates: &[usize], strategies: &[Strategy]) -> Vec<usize> {
         let mut pending: Vec<usize> = candidates
             .iter()
             .copied()
-            .filter(|&i| !self.live[i].running())
+            .filter(|&i| !self.live[i].healthy)
             .collect();
         pending.sort_by(|&a, &b| {
+            let (a_running, b_running) = (self.live[a].running(), self.live[b].running());
             let (a, b) = (self.live[a].task, self.live[b].task);
-            b.created_at
-                .cmp(&a.created_at)
+            a_running
+                .cmp(&b_running)
+                .then_with(|| b.created_at.cmp(&a.created_at))
                 .then_with(|| a.id.cmp(&b.id))
         });
         let mut running: Vec<usize> = candidates
             .iter()
             .copied()
-            .filter(|&i| self.live[i].running())
+            .filter(|&i| self.live[i].healthy)
             .collect();
         // A stable order first, so ties the strategies leave follow it.
         running.sort_by(|&a, &b| self.live[a].task.id.cmp(&self.live[b].task.id));

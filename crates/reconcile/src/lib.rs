@@ -71,7 +71,7 @@ pub use events::{
     placement_failure_event, rolling_back_event, started_tasks_event, steady_state_event,
     stopped_tasks_event,
 };
-pub use health::{PROVEN_AFTER_RUNNING_MS, UNHEALTHY_STOP_REASON};
+pub use health::{HEALTHY_AFTER_RUNNING_MS, UNHEALTHY_STOP_REASON};
 pub use service::{
     CircuitBreaker, DEFAULT_SPREAD_ATTRIBUTE, Deployment, DeploymentConfiguration,
     DeploymentStatus, PlacementConstraint, PlacementStrategy, RolloutState, SERVICE_EVENTS_MAX,
@@ -115,6 +115,10 @@ pub struct Observed<'a> {
     /// [`THROTTLE_DELAY_BASE_MS`] as in ECS, less where an operator wants failing
     /// deployments to fail fast.
     pub restart_delay_base_ms: u64,
+    /// How long a task without health checks must run before it counts healthy:
+    /// [`HEALTHY_AFTER_RUNNING_MS`] as in ECS, less where an operator wants rollouts of such
+    /// tasks to move faster (at the price of trusting a crash that comes later).
+    pub healthy_after_running_ms: i64,
 }
 
 /// One thing for the shell to do; see the crate documentation for how to apply each.
@@ -180,6 +184,7 @@ pub fn reconcile(observed: &Observed<'_>, seed: u64) -> Plan {
         observed.tasks,
         observed.now,
         observed.restart_delay_base_ms,
+        observed.healthy_after_running_ms,
     );
     let desired = ev.next.desired_count;
     let mut ids = ev.ids.clone();

@@ -4,9 +4,10 @@
 //!
 //! Each evaluation, with D the desired count:
 //! 1. Stop what must go anyway (deregistered hosts, failed health checks).
-//! 2. Scale-in: PRIMARY tasks beyond D, PENDING first, then as the strategies say.
+//! 2. Scale-in: PRIMARY tasks beyond D, those not healthy yet first (PENDING, then RUNNING),
+//!    then healthy ones as the strategies say.
 //! 3. Outgoing tasks (older deployments, PRIMARY tasks on DRAINING hosts): those not healthy
-//!    go at once; healthy ones only while the healthy count stays at or above
+//!    and not maturing (RUNNING, on their way to healthy) go at once; healthy ones only while the healthy count stays at or above
 //!    `ceil(D × minimumHealthyPercent / 100)`, oldest deployment first.
 //! 4. Start PRIMARY tasks up to D, while all tasks holding a host (dying ones included)
 //!    stay at or below `floor(D × maximumPercent / 100)`, unless the restart throttle says
@@ -52,10 +53,10 @@ pub(crate) fn plan(ev: &mut Evaluation<'_>) {
             ev.stop(index, &scale_reason);
         }
 
-        // Outgoing tasks that are not healthy cost the floor nothing.
+        // Outgoing tasks that are not healthy (and not about to be) cost the floor nothing.
         let outgoing: Vec<usize> = ev.indexes(|t| t.active() && !t.kept());
         for &index in &outgoing {
-            if !ev.live[index].healthy {
+            if !ev.live[index].healthy && !ev.live[index].maturing {
                 let reason = outgoing_reason(ev, index, &scale_reason);
                 ev.stop(index, &reason);
             }

@@ -46,16 +46,18 @@ struct Case {
     name: &'static str,
     desired: u32,
     rollback: bool,
+    /// How rev 2's tasks fail.
+    outcome: Outcome,
 }
 
-/// Rev 1 runs; rev 2 fails to start. The breaker trips at its threshold (10 here); with
+/// Rev 1 runs; rev 2 fails to start (or runs a moment, then exits). The breaker trips at its threshold (10 here); with
 /// rollback a new PRIMARY of rev 1 converges and the failed deployment is drained; without,
 /// the failed deployment stays PRIMARY, FAILED, and nothing more is started.
 fn check(cases: &[Case]) {
     for case in cases {
         let mut sim = Sim::new(with_breaker(service(case.desired), case.rollback), hosts(3));
         sim.run_until_quiet(1_000, 20);
-        sim.outcomes.insert(REV2.to_owned(), Outcome::FailsToStart);
+        sim.outcomes.insert(REV2.to_owned(), case.outcome);
         update_to(&mut sim, REV2, 2);
 
         let failed = |sim: &Sim| {
@@ -153,16 +155,27 @@ fn the_circuit_breaker_fails_the_deployment_at_its_threshold() {
             name: "rolls back",
             desired: 2,
             rollback: true,
+            outcome: Outcome::FailsToStart,
         },
         Case {
             name: "rolls back, 4 tasks",
             desired: 4,
             rollback: true,
+            outcome: Outcome::FailsToStart,
         },
         Case {
             name: "without rollback the deployment is frozen",
             desired: 2,
             rollback: false,
+            outcome: Outcome::FailsToStart,
+        },
+        Case {
+            // Seen RUNNING for a moment, it must not count healthy: it neither completes the
+            // deployment nor lets the old revision's tasks be stopped.
+            name: "a revision that exits right after RUNNING rolls back",
+            desired: 3,
+            rollback: true,
+            outcome: Outcome::ExitsAfterRunning,
         },
     ]);
 }
@@ -203,6 +216,7 @@ fn evaluate(
             hosts: &hosts,
             now: T0.plus_seconds(seconds),
             restart_delay_base_ms: flotilla_reconcile::THROTTLE_DELAY_BASE_MS,
+            healthy_after_running_ms: flotilla_reconcile::HEALTHY_AFTER_RUNNING_MS,
         },
         7,
     )

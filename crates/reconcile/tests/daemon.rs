@@ -212,6 +212,10 @@ fn check_update(updates: &[Update]) {
                 break;
             }
             sim.tick(1_000);
+            if let Some(wait) = plan.requeue_after_ms.filter(|_| plan.changes.is_empty()) {
+                // Waiting for new tasks to turn healthy.
+                sim.tick(i64::try_from(wait).unwrap());
+            }
         }
         assert_eq!(sim.service.deployments.len(), 1, "{}", case.name);
         assert_eq!(

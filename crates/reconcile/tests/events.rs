@@ -147,6 +147,7 @@ fn the_same_observation_and_seed_give_the_same_plan() {
         hosts: &hosts,
         now: T0.plus_seconds(5),
         restart_delay_base_ms: flotilla_reconcile::THROTTLE_DELAY_BASE_MS,
+        healthy_after_running_ms: flotilla_reconcile::HEALTHY_AFTER_RUNNING_MS,
     };
     let plan = reconcile(&observed, 42);
     assert_eq!(plan, reconcile(&observed, 42));

@@ -84,8 +84,7 @@ fn healthy(sim: &Sim) -> usize {
     sim.live()
         .filter(|t| reachable(sim, t))
         .filter(|t| t.desired_status == DesiredStatus::Running)
-        .filter(|t| t.last_status == TaskStatus::Running)
-        .filter(|t| !sim.health_checks || t.health_status == HealthStatus::Healthy)
+        .filter(|t| sim.is_healthy(t))
         .count()
 }
 

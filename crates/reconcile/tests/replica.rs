@@ -376,8 +376,10 @@ fn spread_by_zone_keeps_the_zones_balanced() {
                 service: &service,
                 tasks: &tasks,
                 hosts: &hosts,
-                now: T0,
+                // Long enough after the tasks started for them to count healthy.
+                now: T0.plus_seconds(60),
                 restart_delay_base_ms: flotilla_reconcile::THROTTLE_DELAY_BASE_MS,
+                healthy_after_running_ms: flotilla_reconcile::HEALTHY_AFTER_RUNNING_MS,
             },
             seed,
         );

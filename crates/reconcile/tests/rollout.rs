@@ -68,6 +68,10 @@ fn check(rollouts: &[Rollout]) {
                 break;
             }
             sim.tick(1_000);
+            if let Some(wait) = plan.requeue_after_ms.filter(|_| plan.changes.is_empty()) {
+                // Waiting for new tasks to turn healthy.
+                sim.tick(i64::try_from(wait).unwrap());
+            }
         }
 
         let service = &sim.service;

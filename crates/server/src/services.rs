@@ -335,6 +335,7 @@ async fn evaluate(engine: &Engine, key: &ServiceKey) -> Result<Option<Duration>,
             hosts: &hosts,
             now: ctx.now,
             restart_delay_base_ms: engine.config.restart_delay_base_ms,
+            healthy_after_running_ms: engine.config.healthy_after_running_ms,
         },
         rand::random(),
     );

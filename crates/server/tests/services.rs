@@ -54,10 +54,16 @@ async fn task_arns(c: &Client, cluster: &str, service: &str) -> Vec<String> {
 
 /// Waits until the service looks stable, then asks the SDK's ServicesStable waiter, which
 /// polls every 15 s: checked first, it answers at its first poll.
+/// Waits for the ServicesStable waiter and for the PRIMARY to be COMPLETED (its tasks past
+/// the healthy-after window), which the waiter does not check: only a COMPLETED deployment
+/// can be rolled back to.
 async fn wait_stable(c: &Client, cluster: &str, service: &str) {
     eventually("the service looks stable", || async {
         let s = describe(c, cluster, service).await;
-        s.deployments().len() == 1 && s.running_count() == s.desired_count()
+        s.deployments().len() == 1
+            && s.running_count() == s.desired_count()
+            && s.deployments()[0].rollout_state()
+                == Some(&aws_sdk_ecs::types::DeploymentRolloutState::Completed)
     })
     .await;
     c.wait_until_services_stable()
@@ -773,13 +779,15 @@ async fn services_survive_a_restart_and_keep_reconciling() {
         std::sync::Arc::new(flotilla_store::RedbStore::open(&path).unwrap())
     };
     let config = |listen: std::net::SocketAddr| {
-        flotilla_server::ServerConfig::new(
+        let mut config = flotilla_server::ServerConfig::new(
             listen,
             flotilla_api::sigv4::Credentials {
                 access_key_id: flotilla_testkit::TEST_ACCESS_KEY_ID.into(),
                 secret_access_key: flotilla_testkit::TEST_SECRET_ACCESS_KEY.into(),
             },
-        )
+        );
+        config.engine.healthy_after_running_ms = 500;
+        config
     };
     let server = flotilla_server::start(config("127.0.0.1:0".parse().unwrap()), open())
         .await

@@ -238,6 +238,9 @@ pub enum Outcome {
     FailsToStart,
     /// RUNNING, then UNHEALTHY by its health check.
     TurnsUnhealthy,
+    /// RUNNING on the next tick, then its essential container exits on the one after (a
+    /// command that fails at once: the agent may report RUNNING before it sees the exit).
+    ExitsAfterRunning,
 }
 
 /// The service, its tasks and hosts, applying plans as the server shell would.
@@ -309,6 +312,7 @@ impl Sim {
                 hosts: &self.hosts,
                 now: self.now,
                 restart_delay_base_ms: flotilla_reconcile::THROTTLE_DELAY_BASE_MS,
+                healthy_after_running_ms: flotilla_reconcile::HEALTHY_AFTER_RUNNING_MS,
             },
             self.seed,
         )
@@ -457,6 +461,11 @@ impl Sim {
                     task.health_status = HealthStatus::Unhealthy;
                     task.containers[0].health_status = Some(HealthStatus::Unhealthy);
                 }
+                (TaskStatus::Running, Outcome::ExitsAfterRunning) => {
+                    stop_now(task, now);
+                    task.stop_code = Some(TaskStopCode::EssentialContainerExited);
+                    task.stopped_reason = Some("Essential container in task exited".to_owned());
+                }
                 (TaskStatus::Running, _) => {}
                 (_, Outcome::FailsToStart) => {
                     stop_now(task, now);
@@ -493,13 +502,20 @@ impl Sim {
 
     /// Steps until a reconcile returns an empty plan for a stable service that is not
     /// waiting for anything but the six-hourly steady-state event (a throttled service
-    /// returns empty plans too), at most `steps_max` times; returns the steps taken.
+    /// returns empty plans too), at most `steps_max` times; returns the steps taken. An
+    /// empty plan that asks to be looked at again moves time on to then.
     pub fn run_until_quiet(&mut self, tick_ms: i64, steps_max: usize) -> usize {
         for step in 0..steps_max {
             let plan = self.step(tick_ms);
             let waiting = plan.requeue_after_ms.is_some_and(|ms| ms < 3_600_000);
             if plan.changes.is_empty() && self.stable() && !waiting {
                 return step;
+            }
+            if plan.changes.is_empty()
+                && let Some(wait) = plan.requeue_after_ms.filter(|_| waiting)
+            {
+                // Nothing to do until then (a task turning healthy, a throttle gap).
+                self.tick(i64::try_from(wait).unwrap_or(i64::MAX));
             }
         }
         panic!(
@@ -515,13 +531,25 @@ impl Sim {
             .filter(|t| t.last_status != TaskStatus::Stopped)
     }
 
-    /// Tasks RUNNING, desired RUNNING, healthy when checked, on connected hosts.
+    /// Tasks RUNNING, desired RUNNING, and healthy: by their checks, or without checks
+    /// RUNNING for the healthy-after window.
     pub fn healthy(&self) -> usize {
         self.live()
             .filter(|t| t.desired_status == DesiredStatus::Running)
-            .filter(|t| t.last_status == TaskStatus::Running)
-            .filter(|t| !self.health_checks || t.health_status == HealthStatus::Healthy)
+            .filter(|t| self.is_healthy(t))
             .count()
+    }
+
+    /// RUNNING and healthy by its checks, or without checks for the healthy-after window.
+    pub fn is_healthy(&self, task: &Task) -> bool {
+        task.last_status == TaskStatus::Running
+            && if self.health_checks {
+                task.health_status == HealthStatus::Healthy
+            } else {
+                task.started_at.is_some_and(|at| {
+                    self.now.millis_since(at) >= flotilla_reconcile::HEALTHY_AFTER_RUNNING_MS
+                })
+            }
     }
 
     pub fn messages(&self) -> Vec<&str> {

@@ -53,6 +53,9 @@ pub struct EngineConfig {
     /// The first gap of a service's restart throttle (doubled per failed start, capped at
     /// 15 minutes). ECS: one second.
     pub restart_delay_base_ms: u64,
+    /// How long a service task without container health checks must be RUNNING before it
+    /// counts healthy (for the rolling floor, completion and the breaker). ECS: 40 s.
+    pub healthy_after_running_ms: i64,
 }
 
 impl Default for EngineConfig {
@@ -61,6 +64,7 @@ impl Default for EngineConfig {
             stopped_task_retention_ms: 3_600_000,
             client_token_retention_ms: 8 * 3_600_000,
             restart_delay_base_ms: flotilla_reconcile::THROTTLE_DELAY_BASE_MS,
+            healthy_after_running_ms: flotilla_reconcile::HEALTHY_AFTER_RUNNING_MS,
         }
     }
 }

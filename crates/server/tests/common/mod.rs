@@ -54,6 +54,9 @@ pub async fn start_with(tune: impl FnOnce(&mut ServerConfig)) -> TestServer {
             secret_access_key: TEST_SECRET_ACCESS_KEY.into(),
         },
     );
+    // Tasks count healthy half a second after RUNNING (ECS: 40 s), so rollouts finish in
+    // test time while still passing through the window.
+    config.engine.healthy_after_running_ms = 500;
     tune(&mut config);
     let server = flotilla_server::start(config, store)
         .await
