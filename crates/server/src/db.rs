@@ -186,6 +186,22 @@ impl Db {
         }
     }
 
+    /// Like [`Db::commit`], but the transaction is queued on the store at once, before the
+    /// returned future is polled (see [`Store::txn`]): a caller may issue the next one, which
+    /// expects what this one writes, before it awaits this one.
+    pub fn commit_queued(
+        &self,
+        txn: Txn,
+    ) -> flotilla_store::BoxFuture<'_, Result<Option<Revision>, EcsError>> {
+        let outcome = self.store.txn(txn);
+        Box::pin(async move {
+            match outcome.await.map_err(store_error)? {
+                TxnOutcome::Committed { revision } => Ok(Some(revision)),
+                TxnOutcome::Conflict { .. } => Ok(None),
+            }
+        })
+    }
+
     /// Writes `value` over the record `read`, if it is unchanged since; false on a conflict
     /// (the caller reads again and retries).
     pub async fn replace_one<T: Serialize>(

@@ -325,7 +325,9 @@ pub trait Store: Send + Sync + 'static {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<KeyValue>, StoreError>>;
     fn range(&self, request: RangeRequest) -> BoxFuture<'_, Result<RangeResponse, StoreError>>;
     /// Atomically: if every compare holds, apply every op and commit durably (fsync) before
-    /// answering Committed.
+    /// answering Committed. A backend should evaluate the transactions one caller issues in
+    /// the order of the calls, even before their futures are polled (the embedded one does
+    /// while its queue has room); callers may count on that for speed, never correctness.
     fn txn(&self, txn: Txn) -> BoxFuture<'_, Result<TxnOutcome, StoreError>>;
     /// Events for keys starting with `prefix` with revision >= `start_revision` (0 or
     /// current + 1: only future events). If `start_revision` is older than the retained

@@ -397,17 +397,33 @@ impl Store for RedbStore {
     }
 
     fn txn(&self, txn: Txn) -> BoxFuture<'_, Result<TxnOutcome, StoreError>> {
-        Box::pin(async move {
+        // Queued now, before the future is first polled, so transactions one caller issues
+        // one after another are evaluated in that order even if it awaits none of them yet
+        // (the plan applier's pipeline). Only a full queue defers it to the future.
+        let queued = (|| {
             let bytes = crate::validate_txn(&txn)?;
             if self.shared.closing.load(Ordering::Acquire) {
                 return Err(StoreError::Closed);
             }
             let (reply, answer) = oneshot::channel();
-            // Waits for room when the queue is full: backpressure on the callers.
-            self.queue
-                .send(Request::Txn(Pending { txn, bytes, reply }))
-                .await
-                .map_err(|_| StoreError::Closed)?;
+            match self
+                .queue
+                .try_send(Request::Txn(Pending { txn, bytes, reply }))
+            {
+                Ok(()) => Ok((None, answer)),
+                Err(mpsc::error::TrySendError::Full(request)) => Ok((Some(request), answer)),
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(StoreError::Closed),
+            }
+        })();
+        Box::pin(async move {
+            let (deferred, answer) = queued?;
+            if let Some(request) = deferred {
+                // Waits for room: backpressure on the callers.
+                self.queue
+                    .send(request)
+                    .await
+                    .map_err(|_| StoreError::Closed)?;
+            }
             answer.await.map_err(|_| StoreError::Closed)?
         })
     }

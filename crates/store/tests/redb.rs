@@ -459,3 +459,39 @@ async fn kill_9_loses_no_acknowledged_write() {
         }
     );
 }
+
+/// Transactions issued one after another are evaluated in call order even when the caller
+/// polls the later one first: each expects what the one before writes, and all commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_are_queued_in_call_order_before_they_are_polled() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
+    let chained = |step: u8| Txn {
+        compares: if step == 0 {
+            vec![Compare::ModRevision {
+                key: "chain".into(),
+                mod_revision: 0,
+            }]
+        } else {
+            vec![Compare::Value {
+                key: "chain".into(),
+                value: vec![step - 1],
+            }]
+        },
+        ops: vec![Op::Put {
+            key: "chain".into(),
+            value: vec![step],
+        }],
+    };
+    let futures: Vec<_> = (0..16).map(|step| store.txn(chained(step))).collect();
+    // Polled newest first: only the call order can make every compare hold.
+    for future in futures.into_iter().rev() {
+        let outcome = future.await.unwrap();
+        assert!(
+            matches!(outcome, TxnOutcome::Committed { .. }),
+            "{outcome:?}"
+        );
+    }
+    let value = store.get("chain").await.unwrap().unwrap().value;
+    assert_eq!(value, vec![15]);
+}
