@@ -9,6 +9,8 @@ use aws_sdk_ecs::types::{
 use common::*;
 use flotilla_model::TaskStatus;
 use flotilla_testkit::{FakeHost, FakeMode};
+use std::sync::Arc;
+use std::time::Duration;
 
 #[tokio::test]
 async fn clusters_create_describe_list_update_delete() {
@@ -1648,10 +1650,21 @@ async fn concurrent_run_tasks_never_oversubscribe_a_host() {
 }
 
 /// More tasks queue at once than one transaction may write: the applier splits them into
-/// batches (and pipelines those), and every task lands with the hosts' books exact.
+/// batches (and pipelines those), and every task lands with the hosts' books exact, even
+/// while another writer keeps changing the host records under the batches in flight.
 #[tokio::test]
 async fn a_burst_of_run_tasks_of_ten_is_placed_in_several_batches() {
-    let t = start().await;
+    // Commits answer 20 ms late, so batches pile up in the applier's pipeline.
+    let t = common::start_on(
+        |inner| {
+            Arc::new(common::SlowCommits {
+                inner,
+                delay: Duration::from_millis(20),
+            })
+        },
+        |_| {},
+    )
+    .await;
     let c = &t.client;
     t.cluster("burst").await;
     let mut hosts = Vec::new();
@@ -1674,9 +1687,47 @@ async fn a_burst_of_run_tasks_of_ten_is_placed_in_several_batches() {
         .send()
         .await
         .unwrap();
-    // 4 hosts x 1024 slots; 96 concurrent calls of 10 = 960 tasks.
+    let instance_arns = c
+        .list_container_instances()
+        .cluster("burst")
+        .send()
+        .await
+        .unwrap()
+        .container_instance_arns
+        .unwrap();
+    // While the burst runs, another writer keeps changing every host record, so batches in
+    // flight conflict and the ones decided on top of them are decided again.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut writers = Vec::new();
+    for arn in &instance_arns {
+        let c = c.clone();
+        let stop = stop.clone();
+        let arn = arn.clone();
+        writers.push(tokio::spawn(async move {
+            let mut round = 0;
+            while !stop.is_cancelled() {
+                round += 1;
+                c.put_attributes()
+                    .cluster("burst")
+                    .attributes(
+                        aws_sdk_ecs::types::Attribute::builder()
+                            .name("round")
+                            .value(round.to_string())
+                            .target_type(aws_sdk_ecs::types::TargetType::ContainerInstance)
+                            .target_id(&arn)
+                            .build()
+                            .unwrap(),
+                    )
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            round
+        }));
+    }
+    // 4 hosts x 1024 slots; 384 concurrent calls of 10 = 3840 tasks.
     let mut calls = Vec::new();
-    for _ in 0..96 {
+    for _ in 0..384 {
         let c = c.clone();
         calls.push(tokio::spawn(async move {
             c.run_task()
@@ -1693,19 +1744,15 @@ async fn a_burst_of_run_tasks_of_ten_is_placed_in_several_batches() {
         assert!(answer.failures().is_empty(), "{:?}", answer.failures());
         placed += answer.tasks().len();
     }
-    assert_eq!(placed, 960);
-    let instances = c
-        .list_container_instances()
-        .cluster("burst")
-        .send()
-        .await
-        .unwrap()
-        .container_instance_arns
-        .unwrap();
+    stop.cancel();
+    for writer in writers {
+        assert!(writer.await.unwrap() > 0);
+    }
+    assert_eq!(placed, 3840);
     let described = c
         .describe_container_instances()
         .cluster("burst")
-        .set_container_instances(Some(instances))
+        .set_container_instances(Some(instance_arns))
         .send()
         .await
         .unwrap();
@@ -1721,7 +1768,7 @@ async fn a_burst_of_run_tasks_of_ten_is_placed_in_several_batches() {
         assert_eq!(cpu, 65536 - 64 * count, "a host's books match its tasks");
         pending += count;
     }
-    assert_eq!(pending, 960);
+    assert_eq!(pending, 3840);
 }
 
 #[tokio::test]

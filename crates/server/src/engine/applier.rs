@@ -3,8 +3,10 @@
 //! commits the batch in one compare-and-swap transaction, so one fsync covers many
 //! requests and two placements can never oversubscribe a host. The worker keeps its host
 //! index between batches and re-indexes only the hosts whose record or tasks changed.
+//! Up to [`BATCHES_IN_FLIGHT_MAX`] batches commit at once, each decided on top of the ones
+//! before it; the store evaluates them in the order they were sent.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +14,7 @@ use flotilla_api::responses::Failure;
 use flotilla_model::resources::Reservation;
 use flotilla_model::{ContainerInstance, ContainerInstanceStatus, EcsError, Task};
 use flotilla_scheduler::PlacementRequest;
+use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::tasks::{Launch, RunTaskToken, new_task};
@@ -28,6 +31,10 @@ const JOBS_PER_BATCH_MAX: usize = 64;
 /// entry, the host) and compares two, which keeps a batch's transaction well inside the
 /// store's limit of operations per transaction.
 const TASKS_PER_BATCH_MAX: usize = 240;
+/// Batches committing at once. Each is sent as soon as it is decided, so while the store
+/// syncs one the next queue behind it and its writer makes them durable together; more
+/// would only hold more placements that a conflict throws away.
+const BATCHES_IN_FLIGHT_MAX: usize = 4;
 /// An idle applier stops after this long (a new one starts with the next placement).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -86,12 +93,12 @@ struct KeptIndex {
 impl KeptIndex {
     /// Brings the index up to date with the cluster: host by host from the change journal,
     /// or from scratch when hosts joined or left, or the journal no longer reaches back.
-    /// Hosts the batch in flight writes (`in_flight`) keep the index's own view, which holds
-    /// that batch's placements; they are seen again once its write-through journals them.
-    /// With a batch in flight a rebuild would drop its placements and move host positions,
-    /// so then it returns false instead, and the caller lands that batch first.
+    /// Hosts the batches in flight write (`in_flight`) keep the index's own view, which holds
+    /// those batches' placements; they are seen again once the write-through journals them.
+    /// With batches in flight a rebuild would drop their placements and move host positions,
+    /// so then it returns false instead, and the caller lands those batches first.
     #[must_use]
-    fn refresh(&mut self, state: &ClusterState, in_flight: Option<&Written>) -> bool {
+    fn refresh(&mut self, state: &ClusterState, in_flight: &Pipeline<'_>) -> bool {
         if self.built
             && let Some(changed) = state.host_changes_since(self.seen_changes)
         {
@@ -107,8 +114,7 @@ impl KeptIndex {
                     .get(id)
                     .filter(|i| i.value.status != ContainerInstanceStatus::Inactive);
                 match (self.positions.get(id), instance) {
-                    (Some(&position), Some(_))
-                        if in_flight.is_some_and(|w| w.contains_key(&position)) => {}
+                    (Some(&position), Some(_)) if in_flight.written(position).is_some() => {}
                     (Some(&position), Some(instance)) => {
                         self.update(position, instance, state.host_tasks.get(id));
                     }
@@ -124,7 +130,7 @@ impl KeptIndex {
                 return true;
             }
         }
-        if in_flight.is_some() {
+        if !in_flight.flights.is_empty() {
             return false;
         }
         self.rebuild(state);
@@ -221,18 +227,26 @@ impl Engine {
         sender
     }
 
-    /// Takes jobs off the queue and places them, one batch committing while the next is
-    /// decided (a pipeline one batch deep): the next batch's index already holds the
-    /// placements of the one in flight, and its transaction expects the host records that
-    /// batch writes, byte for byte ([`flotilla_store::Compare::Value`]), since their revision
-    /// is not known until it commits. If the batch in flight fails, the one decided on top
-    /// of it is thrown away and both are decided again one at a time.
+    /// Takes jobs off the queue and places them, batches committing while the next ones are
+    /// decided (a pipeline up to [`BATCHES_IN_FLIGHT_MAX`] deep): each batch's index already
+    /// holds the placements of those in flight, and its transaction expects the host records
+    /// they write, byte for byte ([`flotilla_store::Compare::Value`]), since their revisions
+    /// are not known until they commit. If a batch in flight fails, the ones decided on top
+    /// of it that fail with it are decided again one at a time.
     async fn run_applier(self, mut receiver: mpsc::Receiver<PlacementJob>) {
         let mut kept: Option<KeptIndex> = None;
-        let mut in_flight: Option<InFlight> = None;
+        let mut pipeline = Pipeline::default();
         loop {
+            // Land what has committed, oldest first: its callers are waiting.
+            while let Some(front) = pipeline.flights.front_mut()
+                && let Some(committed) = (&mut front.commit).now_or_never()
+            {
+                let flight = pipeline.flights.pop_front().expect("a front flight");
+                self.land_or_retry(flight, committed, &mut pipeline, &mut kept)
+                    .await;
+            }
             let mut jobs = Vec::new();
-            if in_flight.is_none() {
+            if pipeline.flights.is_empty() {
                 let first = tokio::select! {
                     _ = self.shutdown.cancelled() => return,
                     received = tokio::time::timeout(IDLE_TIMEOUT, receiver.recv()) => match received {
@@ -241,6 +255,29 @@ impl Engine {
                     },
                 };
                 jobs.push(first);
+            } else if pipeline.flights.len() >= BATCHES_IN_FLIGHT_MAX {
+                self.land_front(&mut pipeline, &mut kept).await;
+                continue;
+            } else if let Ok(job) = receiver.try_recv() {
+                jobs.push(job);
+            } else {
+                // Nothing queued: whichever comes first, the oldest commit or a new job.
+                let front = pipeline.flights.front_mut().expect("a front flight");
+                tokio::select! {
+                    biased;
+                    committed = &mut front.commit => {
+                        let flight = pipeline.flights.pop_front().expect("a front flight");
+                        self.land_or_retry(flight, committed, &mut pipeline, &mut kept).await;
+                        continue;
+                    }
+                    received = receiver.recv() => match received {
+                        Some(job) => jobs.push(job),
+                        None => {
+                            self.drain_and_retry(&mut pipeline, &mut kept).await;
+                            return;
+                        }
+                    },
+                }
             }
             let mut tasks: usize = jobs.iter().map(|j| j.request.count).sum();
             while jobs.len() < JOBS_PER_BATCH_MAX && tasks < TASKS_PER_BATCH_MAX {
@@ -252,14 +289,14 @@ impl Engine {
                     Err(_) => break,
                 }
             }
-            // Nothing more to decide, or a job whose token the batch in flight may be
-            // recording: let the batch in flight finish first.
-            let land_first = jobs.is_empty() || jobs.iter().any(|job| job.token.is_some());
-            if let Some(flight) = in_flight.take_if(|_| land_first)
-                && let Err(retry) = self.land(flight).await
-            {
-                kept = None;
-                self.apply_batch(retry, &mut kept).await;
+            // A job whose token a batch in flight records (a client's retry of a call still
+            // being placed): let them finish first, so the retry finds the token's tasks.
+            if jobs.iter().any(|job| {
+                job.token
+                    .as_ref()
+                    .is_some_and(|token| pipeline.records_token(&token.key))
+            }) {
+                self.drain_and_retry(&mut pipeline, &mut kept).await;
             }
             let jobs = self.without_repeated_tokens(jobs).await;
             if jobs.is_empty() {
@@ -268,67 +305,129 @@ impl Engine {
             let mut index = kept.take().unwrap_or_default();
             let keys = jobs[0].ctx.keys();
             let mut snapshot = self.cache.cluster(keys.root(), &jobs[0].cluster_name);
-            if !index.refresh(&snapshot, in_flight.as_ref().map(|f| &f.written))
-                && let Some(flight) = in_flight.take()
-            {
-                // Hosts joined or left: land the batch in flight, then index afresh.
+            if !index.refresh(&snapshot, &pipeline) {
+                // Hosts joined or left: land the batches in flight, then index afresh.
                 drop(snapshot);
-                if let Err(retry) = self.land(flight).await {
+                let retries = self.drain(&mut pipeline).await;
+                if !retries.is_empty() {
                     kept = None;
-                    self.apply_batch(retry, &mut kept).await;
+                    for retry in retries {
+                        self.apply_batch(retry, &mut kept).await;
+                    }
                     self.apply_batch(jobs, &mut kept).await;
                     continue;
                 }
                 index = KeptIndex::default();
                 snapshot = self.cache.cluster(keys.root(), &jobs[0].cluster_name);
-                let _ = index.refresh(&snapshot, None);
+                let _ = index.refresh(&snapshot, &pipeline);
             }
-            let decided = self.decide(jobs, &mut index, in_flight.as_ref(), snapshot);
-            if let Some(flight) = in_flight.take()
-                && let Err(retry) = self.land(flight).await
-            {
-                // The new batch was decided on top of placements that did not commit: both
-                // are decided again, each as its own batch.
-                self.apply_batch(retry, &mut kept).await;
-                self.apply_batch(decided.jobs, &mut kept).await;
-                continue;
-            }
+            let decided = self.decide(jobs, &mut index, &pipeline, snapshot);
             if decided.txn.is_empty() {
+                // What it could not place holds only if the batches it saw commit.
+                let retries = self.drain(&mut pipeline).await;
+                if !retries.is_empty() {
+                    kept = None;
+                    for retry in retries {
+                        self.apply_batch(retry, &mut kept).await;
+                    }
+                    self.apply_batch(decided.jobs, &mut kept).await;
+                    continue;
+                }
                 decided.answer();
                 kept = Some(index);
                 continue;
             }
-            let db = self.db.clone();
-            let Decided {
-                jobs,
-                answers,
-                txn,
-                written,
-                created,
-                root,
-                cluster_name,
-            } = decided;
-            let commit = tokio::spawn(async move { db.commit(txn.build()).await });
-            in_flight = Some(InFlight {
-                jobs,
-                answers,
-                written,
-                created,
-                root,
-                cluster_name,
-                commit,
-            });
+            pipeline.flights.push_back(self.submit(decided));
             kept = Some(index);
         }
     }
 
-    /// Waits for a batch in flight. Committed: writes it through to the cache and answers its
-    /// jobs. A conflict: hands its jobs back to be decided again. A storage error: answers it.
-    async fn land(&self, flight: InFlight) -> Result<(), Vec<PlacementJob>> {
-        let committed = flight
-            .commit
-            .await
-            .unwrap_or_else(|_| Err(EcsError::Server("The placement commit panicked.".into())));
+    /// Sends a decided batch's transaction to the store at once (it is queued behind the
+    /// batches sent before it).
+    fn submit(&self, decided: Decided) -> InFlight<'_> {
+        let Decided {
+            jobs,
+            answers,
+            txn,
+            written,
+            tokens,
+            created,
+            root,
+            cluster_name,
+        } = decided;
+        InFlight {
+            jobs,
+            answers,
+            written,
+            tokens,
+            created,
+            root,
+            cluster_name,
+            commit: self.db.commit_queued(txn.build()),
+        }
+    }
+
+    /// Waits for the oldest batch in flight and lands it.
+    async fn land_front(&self, pipeline: &mut Pipeline<'_>, kept: &mut Option<KeptIndex>) {
+        if let Some(mut flight) = pipeline.flights.pop_front() {
+            let committed = (&mut flight.commit).await;
+            self.land_or_retry(flight, committed, pipeline, kept).await;
+        }
+    }
+
+    /// Lands `flight`, the oldest batch. If it failed, so may the batches decided on top of
+    /// it: they are landed or collected too, the index is dropped, and every failed batch
+    /// is decided again on its own.
+    async fn land_or_retry(
+        &self,
+        flight: InFlight<'_>,
+        committed: Committed,
+        pipeline: &mut Pipeline<'_>,
+        kept: &mut Option<KeptIndex>,
+    ) {
+        if let Err(retry) = self.land(flight, committed).await {
+            let mut retries = vec![retry];
+            retries.extend(self.drain(pipeline).await);
+            *kept = None;
+            for retry in retries {
+                self.apply_batch(retry, kept).await;
+            }
+        }
+    }
+
+    /// Lands every batch in flight, oldest first; if any failed, drops the index and decides
+    /// the failed ones again, each on its own.
+    async fn drain_and_retry(&self, pipeline: &mut Pipeline<'_>, kept: &mut Option<KeptIndex>) {
+        let retries = self.drain(pipeline).await;
+        if !retries.is_empty() {
+            *kept = None;
+            for retry in retries {
+                self.apply_batch(retry, kept).await;
+            }
+        }
+    }
+
+    /// Waits for and lands every batch in flight, oldest first. Returns the jobs of those
+    /// that conflicted, batch by batch (each within the batch limits), to be decided again.
+    async fn drain(&self, pipeline: &mut Pipeline<'_>) -> Vec<Vec<PlacementJob>> {
+        let mut retries = Vec::new();
+        while let Some(mut flight) = pipeline.flights.pop_front() {
+            let committed = (&mut flight.commit).await;
+            if let Err(retry) = self.land(flight, committed).await {
+                retries.push(retry);
+            }
+        }
+        retries
+    }
+
+    /// Lands a batch whose commit finished. Committed: writes it through to the cache and
+    /// answers its jobs. A conflict: hands its jobs back to be decided again. A storage
+    /// error: answers it.
+    async fn land(
+        &self,
+        flight: InFlight<'_>,
+        committed: Committed,
+    ) -> Result<(), Vec<PlacementJob>> {
         match committed {
             Ok(Some(revision)) => {
                 self.cache.committed(
@@ -423,35 +522,16 @@ impl Engine {
             let snapshot = self
                 .cache
                 .cluster(jobs[0].ctx.keys().root(), &jobs[0].cluster_name);
-            let _ = index.refresh(&snapshot, None);
-            let decided = self.decide(jobs, &mut index, None, snapshot);
+            let _ = index.refresh(&snapshot, &Pipeline::default());
+            let decided = self.decide(jobs, &mut index, &Pipeline::default(), snapshot);
             if decided.txn.is_empty() {
                 decided.answer();
                 *kept = Some(index);
                 return;
             }
-            let Decided {
-                jobs: decided_jobs,
-                answers,
-                txn,
-                written,
-                created,
-                root,
-                cluster_name,
-            } = decided;
-            let flight = InFlight {
-                jobs: decided_jobs,
-                answers,
-                written,
-                created,
-                root,
-                cluster_name,
-                commit: {
-                    let db = self.db.clone();
-                    tokio::spawn(async move { db.commit(txn.build()).await })
-                },
-            };
-            match self.land(flight).await {
+            let mut flight = self.submit(decided);
+            let committed = (&mut flight.commit).await;
+            match self.land(flight, committed).await {
                 Ok(()) => {
                     *kept = Some(index);
                     return;
@@ -466,7 +546,8 @@ impl Engine {
 
     /// Decides one batch against `kept`, already brought up to date with `snapshot`, and
     /// leaves it holding the batch's placements. Every job sees the placements of the jobs
-    /// before it; hosts the batch `in_flight` writes start from what it writes. No IO.
+    /// before it; hosts the batches `in_flight` write start from what the newest of them
+    /// writes. No IO.
     ///
     /// The snapshot is the cache as it is, without waiting for the store's watch to catch
     /// up: this applier's own commits are written through, and whatever else is newer in
@@ -476,7 +557,7 @@ impl Engine {
         &self,
         jobs: Vec<PlacementJob>,
         kept: &mut KeptIndex,
-        in_flight: Option<&InFlight>,
+        in_flight: &Pipeline<'_>,
         snapshot: Arc<ClusterState>,
     ) -> Decided {
         let keys = jobs[0].ctx.keys();
@@ -490,6 +571,7 @@ impl Engine {
         let mut touched: BTreeMap<usize, ContainerInstance> = BTreeMap::new();
         let mut created_all: Vec<Task> = Vec::new();
         let mut answers: Vec<JobOutcome> = Vec::with_capacity(jobs.len());
+        let mut tokens = HashSet::new();
         for job in &jobs {
             if !any_active {
                 answers.push(Err(EcsError::invalid(
@@ -529,7 +611,7 @@ impl Engine {
                 // A host the batch in flight writes starts from what that batch writes.
                 let instance = touched.entry(i).or_insert_with(|| {
                     in_flight
-                        .and_then(|f| f.written.get(&i))
+                        .written(i)
                         .map_or_else(|| sources[i].0.value.clone(), |(w, _)| w.clone())
                 });
                 instance.remaining.apply(&reservation);
@@ -559,6 +641,7 @@ impl Engine {
                         .plus_millis(self.config.client_token_retention_ms),
                 };
                 txn.put(&token.key, &record);
+                tokens.insert(token.key.clone());
             }
             created_all.extend(created.iter().cloned());
             answers.push(Ok(Placed {
@@ -571,7 +654,7 @@ impl Engine {
         for (i, mut instance) in touched {
             instance.version += 1;
             let key = &sources[i].0.key;
-            match in_flight.and_then(|f| f.written.get(&i)) {
+            match in_flight.written(i) {
                 Some((_, bytes)) => txn.expect_value(key, bytes.clone()),
                 None => txn.expect(key, sources[i].0.mod_revision),
             };
@@ -584,6 +667,7 @@ impl Engine {
             answers,
             txn,
             written,
+            tokens,
             created: created_all,
             root: keys.root().to_owned(),
             cluster_name,
@@ -601,6 +685,8 @@ struct Decided {
     answers: Vec<JobOutcome>,
     txn: TxnBuilder,
     written: Written,
+    /// The keys of the clientTokens it records.
+    tokens: HashSet<String>,
     created: Vec<Task>,
     root: String,
     cluster_name: String,
@@ -615,13 +701,41 @@ impl Decided {
     }
 }
 
+/// How a batch's commit ended: its revision, None on a conflict, or a storage error.
+type Committed = Result<Option<flotilla_store::Revision>, EcsError>;
+
 /// A batch whose commit is under way.
-struct InFlight {
+struct InFlight<'a> {
     jobs: Vec<PlacementJob>,
     answers: Vec<JobOutcome>,
     written: Written,
+    tokens: HashSet<String>,
     created: Vec<Task>,
     root: String,
     cluster_name: String,
-    commit: tokio::task::JoinHandle<Result<Option<flotilla_store::Revision>, EcsError>>,
+    /// Queued on the store when the batch was sent; polled only to learn the outcome.
+    commit: flotilla_store::BoxFuture<'a, Committed>,
+}
+
+/// The batches in flight, oldest first.
+#[derive(Default)]
+struct Pipeline<'a> {
+    flights: VecDeque<InFlight<'a>>,
+}
+
+impl Pipeline<'_> {
+    /// What the newest batch in flight that writes host `position` writes.
+    fn written(&self, position: usize) -> Option<&(ContainerInstance, Vec<u8>)> {
+        self.flights
+            .iter()
+            .rev()
+            .find_map(|flight| flight.written.get(&position))
+    }
+
+    /// Whether a batch in flight records the clientToken stored under `key`.
+    fn records_token(&self, key: &str) -> bool {
+        self.flights
+            .iter()
+            .any(|flight| flight.tokens.contains(key))
+    }
 }

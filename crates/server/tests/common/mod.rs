@@ -44,9 +44,18 @@ pub async fn start() -> TestServer {
 }
 
 pub async fn start_with(tune: impl FnOnce(&mut ServerConfig)) -> TestServer {
+    start_on(|store| store, tune).await
+}
+
+/// Like [`start_with`], on the store `wrap` makes of the test's embedded one.
+pub async fn start_on(
+    wrap: impl FnOnce(Arc<dyn flotilla_store::Store>) -> Arc<dyn flotilla_store::Store>,
+    tune: impl FnOnce(&mut ServerConfig),
+) -> TestServer {
     let dir = tempfile::tempdir().expect("temp dir");
     let store: Arc<dyn flotilla_store::Store> =
         Arc::new(flotilla_store::RedbStore::open(&dir.path().join("state.redb")).expect("store"));
+    let store = wrap(store);
     let mut config = ServerConfig::new(
         "127.0.0.1:0".parse().unwrap(),
         Credentials {
@@ -129,4 +138,62 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     panic!("condition never held: {what}");
+}
+
+/// A store whose commits answer `delay` late, as on a slow disk: the transaction is queued
+/// at once, as the embedded store does, and only its answer waits. Lets a test fill the plan
+/// applier's pipeline.
+pub struct SlowCommits {
+    pub inner: Arc<dyn flotilla_store::Store>,
+    pub delay: std::time::Duration,
+}
+
+impl flotilla_store::Store for SlowCommits {
+    fn get<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> flotilla_store::BoxFuture<
+        'a,
+        Result<Option<flotilla_store::KeyValue>, flotilla_store::StoreError>,
+    > {
+        self.inner.get(key)
+    }
+
+    fn range(
+        &self,
+        request: flotilla_store::RangeRequest,
+    ) -> flotilla_store::BoxFuture<
+        '_,
+        Result<flotilla_store::RangeResponse, flotilla_store::StoreError>,
+    > {
+        self.inner.range(request)
+    }
+
+    fn txn(
+        &self,
+        txn: flotilla_store::Txn,
+    ) -> flotilla_store::BoxFuture<'_, Result<flotilla_store::TxnOutcome, flotilla_store::StoreError>>
+    {
+        let outcome = self.inner.txn(txn);
+        let delay = self.delay;
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            outcome.await
+        })
+    }
+
+    fn watch(
+        &self,
+        prefix: &str,
+        start_revision: flotilla_store::Revision,
+    ) -> Result<flotilla_store::Watcher, flotilla_store::StoreError> {
+        self.inner.watch(prefix, start_revision)
+    }
+
+    fn revision(
+        &self,
+    ) -> flotilla_store::BoxFuture<'_, Result<flotilla_store::Revision, flotilla_store::StoreError>>
+    {
+        self.inner.revision()
+    }
 }
