@@ -61,7 +61,9 @@ pub struct ContainerInstance {
     pub cluster_name: String,
     /// ECS calls this the EC2 instance id; Flotilla uses the host's own id (`i-` + hex).
     pub ec2_instance_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity_provider_name: Option<String>,
     /// Bumped on every change, like ECS's `version`.
     pub version: u64,
@@ -69,14 +71,18 @@ pub struct ContainerInstance {
     pub registered: Resources,
     pub remaining: Resources,
     pub status: ContainerInstanceStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_reason: Option<String>,
     pub agent_connected: bool,
     pub running_tasks_count: u32,
     pub pending_tasks_count: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attributes: Vec<Attribute>,
     pub registered_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<Tag>,
     /// The URL the control plane can reach the agent at (for logs), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_endpoint: Option<String>,
 }
 

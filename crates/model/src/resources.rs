@@ -11,8 +11,11 @@ use serde::{Deserialize, Serialize};
 pub struct Resources {
     pub cpu: i64,
     pub memory_mib: i64,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub ports_tcp: BTreeSet<u16>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub ports_udp: BTreeSet<u16>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub gpu_ids: BTreeSet<String>,
 }
 
@@ -51,8 +54,11 @@ impl Shortfall {
 pub struct Reservation {
     pub cpu: i64,
     pub memory_mib: i64,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub ports_tcp: BTreeSet<u16>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub ports_udp: BTreeSet<u16>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub gpu_ids: BTreeSet<String>,
 }
 

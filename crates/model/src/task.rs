@@ -238,17 +238,26 @@ pub struct Container {
     pub arn: String,
     pub name: String,
     pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_digest: Option<String>,
     /// The Docker container id, once created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime_id: Option<String>,
     pub last_status: TaskStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub network_bindings: Vec<NetworkBinding>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_status: Option<HealthStatus>,
     pub cpu: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_reservation: Option<i32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gpu_ids: Vec<String>,
     pub essential: bool,
 }
@@ -263,34 +272,55 @@ pub struct Task {
     pub task_definition_arn: String,
     pub family: String,
     pub revision: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_instance_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_instance_arn: Option<String>,
     pub launch_type: LaunchType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity_provider_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub availability_zone: Option<String>,
     pub last_status: TaskStatus,
     pub desired_status: DesiredStatus,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub containers: Vec<Container>,
     /// Task-level size as ECS shows it (strings of CPU units and MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<String>,
     pub overrides: TaskOverride,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<Tag>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attributes: Vec<Attribute>,
     pub enable_execute_command: bool,
     pub health_status: HealthStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connectivity: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connectivity_at: Option<Timestamp>,
     pub created_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pull_started_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pull_stopped_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopping_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution_stopped_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_code: Option<TaskStopCode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_reason: Option<String>,
     /// Bumped on every change, like ECS's `version`.
     pub version: u64,
@@ -299,9 +329,10 @@ pub struct Task {
     /// Whether `reservation` has been given back (exactly once, on reaching STOPPED).
     pub released: bool,
     /// Docker labels and environment the agent needs but ECS does not show.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: BTreeMap<String, String>,
     /// The task's elastic network interface (awsvpc), as DescribeTasks shows it.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attachments: Vec<Attachment>,
 }
 
