@@ -165,7 +165,7 @@ pub async fn start(
     let state = Arc::new(http::AppState {
         engine: engine.clone(),
         agents: agents.clone(),
-        metrics: Arc::new(metrics::Metrics::new()),
+        metrics: Arc::new(metrics::Metrics::new(&engine.placement_counters)),
         credentials: config.credentials.clone(),
         account_id: config.account_id.clone(),
         registry: registry.clone(),

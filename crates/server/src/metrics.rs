@@ -20,6 +20,15 @@ pub struct ActionLabels {
     pub action: String,
 }
 
+/// What the plan appliers did: batches committed, and batches whose compare failed (a host
+/// changed under them) and whose jobs were decided again. Conflicts should be rare; a
+/// steady stream means the appliers are working from stale host records.
+#[derive(Clone, Debug, Default)]
+pub struct PlacementCounters {
+    pub batches_committed: Counter,
+    pub batches_conflicted: Counter,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -28,8 +37,18 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub fn new(placement: &PlacementCounters) -> Self {
         let mut registry = Registry::with_prefix("flotilla");
+        registry.register(
+            "placement_batches_committed",
+            "Placement batches the plan appliers committed",
+            placement.batches_committed.clone(),
+        );
+        registry.register(
+            "placement_batch_conflicts",
+            "Placement batches that conflicted with a newer host record and were decided again",
+            placement.batches_conflicted.clone(),
+        );
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "api_requests",
@@ -84,6 +103,6 @@ impl Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new()
+        Self::new(&PlacementCounters::default())
     }
 }

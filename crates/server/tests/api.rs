@@ -1654,6 +1654,29 @@ async fn concurrent_run_tasks_never_oversubscribe_a_host() {
 /// while another writer keeps changing the host records under the batches in flight.
 #[tokio::test]
 async fn a_burst_of_run_tasks_of_ten_is_placed_in_several_batches() {
+    /// `calls` concurrent RunTasks of 10 on cluster "burst"; every one must place all 10.
+    async fn burst_of_ten(c: &aws_sdk_ecs::Client, calls: usize) -> usize {
+        let mut running = Vec::new();
+        for _ in 0..calls {
+            let c = c.clone();
+            running.push(tokio::spawn(async move {
+                c.run_task()
+                    .cluster("burst")
+                    .task_definition("burst")
+                    .count(10)
+                    .send()
+                    .await
+            }));
+        }
+        let mut placed = 0;
+        for call in running {
+            let answer = call.await.unwrap().expect("RunTask succeeds");
+            assert!(answer.failures().is_empty(), "{:?}", answer.failures());
+            placed += answer.tasks().len();
+        }
+        placed
+    }
+
     // Commits answer 20 ms late, so batches pile up in the applier's pipeline.
     let t = common::start_on(
         |inner| {
@@ -1695,7 +1718,27 @@ async fn a_burst_of_run_tasks_of_ten_is_placed_in_several_batches() {
         .unwrap()
         .container_instance_arns
         .unwrap();
-    // While the burst runs, another writer keeps changing every host record, so batches in
+    // 4 hosts x 1024 slots. First 192 concurrent calls of 10 with nothing else writing: the
+    // pipeline fills (the store answers late, so its watch reaches the cache before the
+    // applier writes through), and not one batch may conflict.
+    let placed = burst_of_ten(c, 192).await;
+    assert_eq!(placed, 1920);
+    let metrics = reqwest::get(format!("{}/metrics", t.endpoint))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counter = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+    };
+    assert!(counter("flotilla_placement_batches_committed_total") >= 8.0);
+    assert_eq!(counter("flotilla_placement_batch_conflicts_total"), 0.0);
+
+    // Then 192 more while another writer keeps changing every host record, so batches in
     // flight conflict and the ones decided on top of them are decided again.
     let stop = tokio_util::sync::CancellationToken::new();
     let mut writers = Vec::new();
@@ -1725,25 +1768,7 @@ async fn a_burst_of_run_tasks_of_ten_is_placed_in_several_batches() {
             round
         }));
     }
-    // 4 hosts x 1024 slots; 384 concurrent calls of 10 = 3840 tasks.
-    let mut calls = Vec::new();
-    for _ in 0..384 {
-        let c = c.clone();
-        calls.push(tokio::spawn(async move {
-            c.run_task()
-                .cluster("burst")
-                .task_definition("burst")
-                .count(10)
-                .send()
-                .await
-        }));
-    }
-    let mut placed = 0;
-    for call in calls {
-        let answer = call.await.unwrap().expect("RunTask succeeds");
-        assert!(answer.failures().is_empty(), "{:?}", answer.failures());
-        placed += answer.tasks().len();
-    }
+    let placed = placed + burst_of_ten(c, 192).await;
     stop.cancel();
     for writer in writers {
         assert!(writer.await.unwrap() > 0);
@@ -1769,6 +1794,102 @@ async fn a_burst_of_run_tasks_of_ten_is_placed_in_several_batches() {
         pending += count;
     }
     assert_eq!(pending, 3840);
+}
+
+/// Batches in flight write hosts the batches after them leave alone. When the store's watch
+/// brings such a write to the cache before the applier writes it through, the applier's
+/// index must still learn the host's new revision from the landing, or that host's next
+/// placement conflicts. On a store that answers late (so the watch always comes first),
+/// a burst spread over many hosts commits without a single conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_batches_do_not_conflict_with_their_own_writes() {
+    let t = common::start_on(
+        |inner| {
+            Arc::new(common::SlowCommits {
+                inner,
+                delay: Duration::from_millis(20),
+            })
+        },
+        |_| {},
+    )
+    .await;
+    let c = &t.client;
+    t.cluster("many").await;
+    for i in 0..200 {
+        c.register_container_instance()
+            .cluster("many")
+            .instance_identity_document(format!(r#"{{"instanceId": "i-{i:017x}"}}"#))
+            .total_resources(
+                aws_sdk_ecs::types::Resource::builder()
+                    .name("CPU")
+                    .r#type("INTEGER")
+                    .integer_value(4096)
+                    .build(),
+            )
+            .total_resources(
+                aws_sdk_ecs::types::Resource::builder()
+                    .name("MEMORY")
+                    .r#type("INTEGER")
+                    .integer_value(8192)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+    c.register_task_definition()
+        .family("many")
+        .container_definitions(
+            aws_sdk_ecs::types::ContainerDefinition::builder()
+                .name("app")
+                .image("busybox")
+                .cpu(16)
+                .memory(16)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let mut calls = Vec::new();
+    for i in 0..128 {
+        let c = c.clone();
+        calls.push(tokio::spawn(async move {
+            c.run_task()
+                .cluster("many")
+                .task_definition("many")
+                .group(format!("g{}", i % 4))
+                .count(2)
+                .placement_strategy(
+                    aws_sdk_ecs::types::PlacementStrategy::builder()
+                        .r#type(aws_sdk_ecs::types::PlacementStrategyType::Spread)
+                        .field("instanceId")
+                        .build(),
+                )
+                .send()
+                .await
+        }));
+    }
+    let mut placed = 0;
+    for call in calls {
+        let answer = call.await.unwrap().expect("RunTask succeeds");
+        assert!(answer.failures().is_empty(), "{:?}", answer.failures());
+        placed += answer.tasks().len();
+    }
+    assert_eq!(placed, 256);
+    let metrics = reqwest::get(format!("{}/metrics", t.endpoint))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counter = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+    };
+    assert!(counter("flotilla_placement_batches_committed_total") >= 4.0);
+    assert_eq!(counter("flotilla_placement_batch_conflicts_total"), 0.0);
 }
 
 #[tokio::test]

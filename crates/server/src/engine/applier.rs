@@ -158,6 +158,23 @@ impl KeptIndex {
         }
     }
 
+    /// Takes the revision of the host records a landed batch, decided on this index, wrote
+    /// (see [`Engine::land`]). The host entries already hold the batch's placements; only
+    /// what the next batch's compares expect moves forward.
+    fn landed(&mut self, written: &Written, revision: flotilla_store::Revision) {
+        for (&position, (instance, _)) in written {
+            if let Some(source) = self.sources.get_mut(position)
+                && source.0.mod_revision < revision
+            {
+                source.0 = Arc::new(Versioned {
+                    key: source.0.key.clone(),
+                    value: instance.clone(),
+                    mod_revision: revision,
+                });
+            }
+        }
+    }
+
     /// Indexes every host that is not INACTIVE, in id order.
     fn rebuild(&mut self, state: &ClusterState) {
         let instances: Vec<&Arc<Versioned<ContainerInstance>>> = state
@@ -308,7 +325,7 @@ impl Engine {
             if !index.refresh(&snapshot, &pipeline) {
                 // Hosts joined or left: land the batches in flight, then index afresh.
                 drop(snapshot);
-                let retries = self.drain(&mut pipeline).await;
+                let retries = self.drain(&mut pipeline, None).await;
                 if !retries.is_empty() {
                     kept = None;
                     for retry in retries {
@@ -324,7 +341,7 @@ impl Engine {
             let decided = self.decide(jobs, &mut index, &pipeline, snapshot);
             if decided.txn.is_empty() {
                 // What it could not place holds only if the batches it saw commit.
-                let retries = self.drain(&mut pipeline).await;
+                let retries = self.drain(&mut pipeline, Some(&mut index)).await;
                 if !retries.is_empty() {
                     kept = None;
                     for retry in retries {
@@ -385,9 +402,9 @@ impl Engine {
         pipeline: &mut Pipeline<'_>,
         kept: &mut Option<KeptIndex>,
     ) {
-        if let Err(retry) = self.land(flight, committed).await {
+        if let Err(retry) = self.land(flight, committed, kept.as_mut()).await {
             let mut retries = vec![retry];
-            retries.extend(self.drain(pipeline).await);
+            retries.extend(self.drain(pipeline, None).await);
             *kept = None;
             for retry in retries {
                 self.apply_batch(retry, kept).await;
@@ -398,7 +415,7 @@ impl Engine {
     /// Lands every batch in flight, oldest first; if any failed, drops the index and decides
     /// the failed ones again, each on its own.
     async fn drain_and_retry(&self, pipeline: &mut Pipeline<'_>, kept: &mut Option<KeptIndex>) {
-        let retries = self.drain(pipeline).await;
+        let retries = self.drain(pipeline, kept.as_mut()).await;
         if !retries.is_empty() {
             *kept = None;
             for retry in retries {
@@ -407,13 +424,19 @@ impl Engine {
         }
     }
 
-    /// Waits for and lands every batch in flight, oldest first. Returns the jobs of those
-    /// that conflicted, batch by batch (each within the batch limits), to be decided again.
-    async fn drain(&self, pipeline: &mut Pipeline<'_>) -> Vec<Vec<PlacementJob>> {
+    /// Waits for and lands every batch in flight, oldest first, telling `kept` (the index
+    /// they were decided on) what they wrote. Returns the jobs of those that conflicted,
+    /// batch by batch (each within the batch limits), to be decided again; after a
+    /// conflict the index must be dropped.
+    async fn drain(
+        &self,
+        pipeline: &mut Pipeline<'_>,
+        mut kept: Option<&mut KeptIndex>,
+    ) -> Vec<Vec<PlacementJob>> {
         let mut retries = Vec::new();
         while let Some(mut flight) = pipeline.flights.pop_front() {
             let committed = (&mut flight.commit).await;
-            if let Err(retry) = self.land(flight, committed).await {
+            if let Err(retry) = self.land(flight, committed, kept.as_deref_mut()).await {
                 retries.push(retry);
             }
         }
@@ -423,13 +446,25 @@ impl Engine {
     /// Lands a batch whose commit finished. Committed: writes it through to the cache and
     /// answers its jobs. A conflict: hands its jobs back to be decided again. A storage
     /// error: answers it.
+    ///
+    /// `kept`, the index the batch was decided on (if it is kept), learns the revision of the
+    /// host records the batch wrote. It cannot count on the cache's journal for that: when
+    /// the store's watch delivers the write before this write-through, the journal entry
+    /// comes while the batch is still in flight, so the index skips it, and the write-through
+    /// then changes nothing and journals nothing. The index would go on expecting the
+    /// record's old revision, and the host's next placement would conflict.
     async fn land(
         &self,
         flight: InFlight<'_>,
         committed: Committed,
+        kept: Option<&mut KeptIndex>,
     ) -> Result<(), Vec<PlacementJob>> {
         match committed {
             Ok(Some(revision)) => {
+                self.placement_counters.batches_committed.inc();
+                if let Some(index) = kept {
+                    index.landed(&flight.written, revision);
+                }
                 self.cache.committed(
                     flight.written.into_values().map(|(i, _)| i).collect(),
                     &flight.created,
@@ -443,6 +478,7 @@ impl Engine {
                 Ok(())
             }
             Ok(None) => {
+                self.placement_counters.batches_conflicted.inc();
                 if let Ok(revision) = self.db.store.revision().await {
                     self.cache.wait_for(revision).await;
                 }
@@ -531,7 +567,7 @@ impl Engine {
             }
             let mut flight = self.submit(decided);
             let committed = (&mut flight.commit).await;
-            match self.land(flight, committed).await {
+            match self.land(flight, committed, Some(&mut index)).await {
                 Ok(()) => {
                     *kept = Some(index);
                     return;

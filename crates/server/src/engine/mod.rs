@@ -87,6 +87,8 @@ pub struct Engine {
     >,
     /// Cancelled when the server stops: the appliers end with it.
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
+    /// The appliers' batch counters, served on `/metrics`.
+    pub(crate) placement_counters: crate::metrics::PlacementCounters,
 }
 
 /// The cluster every call that names none uses, created on first use as in ECS.
@@ -103,6 +105,7 @@ impl Engine {
             placement_locks: Default::default(),
             appliers: Default::default(),
             shutdown: tokio_util::sync::CancellationToken::new(),
+            placement_counters: Default::default(),
         }
     }
 
