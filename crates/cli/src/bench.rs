@@ -821,6 +821,23 @@ async fn bench_scheduler(hosts: usize, tasks: usize, concurrency: usize) -> anyh
         single.push(started.elapsed());
     }
     single.sort();
+    // Conflicts make the applier drop its index and rebuild it (costly at 100,000 hosts);
+    // with nothing else writing the hosts there should be none.
+    let metrics = reqwest::get(format!("{}/metrics", server.endpoint()))
+        .await?
+        .text()
+        .await?;
+    let counter = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    println!(
+        "plan applier: {:.0} batches committed, {:.0} conflicted",
+        counter("flotilla_placement_batches_committed_total"),
+        counter("flotilla_placement_batch_conflicts_total")
+    );
     println!(
         "placed {placed} tasks in {:.1} s: {:.0} placements/s ({:.0} µs of CPU each, client included, {:.2} of {} cores busy); RunTask of {TASKS_PER_CALL} under load p50 {:.2} ms, p99 {:.2} ms; single placement (RunTask of 1, one at a time) p50 {:.2} ms, p99 {:.2} ms; peak memory {:.0} MiB",
         wall.as_secs_f64(),
