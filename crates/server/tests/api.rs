@@ -9,8 +9,6 @@ use aws_sdk_ecs::types::{
 use common::*;
 use flotilla_model::TaskStatus;
 use flotilla_testkit::{FakeHost, FakeMode};
-use std::sync::Arc;
-use std::time::Duration;
 
 #[tokio::test]
 async fn clusters_create_describe_list_update_delete() {
@@ -1677,17 +1675,7 @@ async fn a_burst_of_run_tasks_of_ten_is_placed_in_several_batches() {
         placed
     }
 
-    // Commits answer 20 ms late, so batches pile up in the applier's pipeline.
-    let t = common::start_on(
-        |inner| {
-            Arc::new(common::SlowCommits {
-                inner,
-                delay: Duration::from_millis(20),
-            })
-        },
-        |_| {},
-    )
-    .await;
+    let t = common::start_with_slow_commits().await;
     let c = &t.client;
     t.cluster("burst").await;
     let mut hosts = Vec::new();
@@ -1723,20 +1711,9 @@ async fn a_burst_of_run_tasks_of_ten_is_placed_in_several_batches() {
     // applier writes through), and not one batch may conflict.
     let placed = burst_of_ten(c, 192).await;
     assert_eq!(placed, 1920);
-    let metrics = reqwest::get(format!("{}/metrics", t.endpoint))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let counter = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} in {metrics}"))
-    };
-    assert!(counter("flotilla_placement_batches_committed_total") >= 8.0);
-    assert_eq!(counter("flotilla_placement_batch_conflicts_total"), 0.0);
+    let (committed, conflicted) = t.placement_batches().await;
+    assert!(committed >= 8.0);
+    assert_eq!(conflicted, 0.0);
 
     // Then 192 more while another writer keeps changing every host record, so batches in
     // flight conflict and the ones decided on top of them are decided again.
@@ -1803,16 +1780,7 @@ async fn a_burst_of_run_tasks_of_ten_is_placed_in_several_batches() {
 /// a burst spread over many hosts commits without a single conflict.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_batches_do_not_conflict_with_their_own_writes() {
-    let t = common::start_on(
-        |inner| {
-            Arc::new(common::SlowCommits {
-                inner,
-                delay: Duration::from_millis(20),
-            })
-        },
-        |_| {},
-    )
-    .await;
+    let t = common::start_with_slow_commits().await;
     let c = &t.client;
     t.cluster("many").await;
     for i in 0..200 {
@@ -1876,20 +1844,9 @@ async fn pipelined_batches_do_not_conflict_with_their_own_writes() {
         placed += answer.tasks().len();
     }
     assert_eq!(placed, 256);
-    let metrics = reqwest::get(format!("{}/metrics", t.endpoint))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let counter = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} in {metrics}"))
-    };
-    assert!(counter("flotilla_placement_batches_committed_total") >= 4.0);
-    assert_eq!(counter("flotilla_placement_batch_conflicts_total"), 0.0);
+    let (committed, conflicted) = t.placement_batches().await;
+    assert!(committed >= 4.0);
+    assert_eq!(conflicted, 0.0);
 }
 
 #[tokio::test]

@@ -27,6 +27,26 @@ impl TestServer {
             .expect("CreateCluster");
     }
 
+    /// The plan appliers' batch counters from `/metrics`: (committed, conflicted).
+    pub async fn placement_batches(&self) -> (f64, f64) {
+        let metrics = reqwest::get(format!("{}/metrics", self.endpoint))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("the metrics text");
+        let counter = |name: &str| -> f64 {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} in {metrics}"))
+        };
+        (
+            counter("flotilla_placement_batches_committed_total"),
+            counter("flotilla_placement_batch_conflicts_total"),
+        )
+    }
+
     /// Starts a fake host that registers with this server.
     pub async fn agent(
         &self,
@@ -45,6 +65,21 @@ pub async fn start() -> TestServer {
 
 pub async fn start_with(tune: impl FnOnce(&mut ServerConfig)) -> TestServer {
     start_on(|store| store, tune).await
+}
+
+/// A server whose store answers commits 20 ms late (see [`SlowCommits`]), so placement
+/// batches pile up in the plan applier's pipeline.
+pub async fn start_with_slow_commits() -> TestServer {
+    start_on(
+        |inner| {
+            Arc::new(SlowCommits {
+                inner,
+                delay: std::time::Duration::from_millis(20),
+            })
+        },
+        |_| {},
+    )
+    .await
 }
 
 /// Like [`start_with`], on the store `wrap` makes of the test's embedded one.
