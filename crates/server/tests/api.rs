@@ -1585,19 +1585,7 @@ async fn concurrent_run_tasks_never_oversubscribe_a_host() {
         t.agent(FakeHost::new("cc", 1024, 1024), FakeMode::Manual)
             .await,
     ];
-    c.register_task_definition()
-        .family("cc")
-        .container_definitions(
-            aws_sdk_ecs::types::ContainerDefinition::builder()
-                .name("app")
-                .image("busybox")
-                .cpu(128)
-                .memory(128)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    register_app(c, "cc", 128, 128).await;
     // 2 hosts x 8 slots = 16 slots; 40 concurrent requests for one task each.
     let mut calls = Vec::new();
     for _ in 0..40 {
@@ -1685,19 +1673,7 @@ async fn a_burst_of_run_tasks_of_ten_is_placed_in_several_batches() {
                 .await,
         );
     }
-    c.register_task_definition()
-        .family("burst")
-        .container_definitions(
-            aws_sdk_ecs::types::ContainerDefinition::builder()
-                .name("app")
-                .image("busybox")
-                .cpu(64)
-                .memory(64)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    register_app(c, "burst", 64, 64).await;
     let instance_arns = c
         .list_container_instances()
         .cluster("burst")
@@ -1805,19 +1781,7 @@ async fn pipelined_batches_do_not_conflict_with_their_own_writes() {
             .await
             .unwrap();
     }
-    c.register_task_definition()
-        .family("many")
-        .container_definitions(
-            aws_sdk_ecs::types::ContainerDefinition::builder()
-                .name("app")
-                .image("busybox")
-                .cpu(16)
-                .memory(16)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    register_app(c, "many", 16, 16).await;
     let mut calls = Vec::new();
     for i in 0..128 {
         let c = c.clone();

@@ -59,6 +59,24 @@ impl TestServer {
     }
 }
 
+/// Registers `family` with one essential container "app" (busybox) of `cpu` units and
+/// `memory` MiB.
+pub async fn register_app(c: &Client, family: &str, cpu: i32, memory: i32) {
+    c.register_task_definition()
+        .family(family)
+        .container_definitions(
+            aws_sdk_ecs::types::ContainerDefinition::builder()
+                .name("app")
+                .image("busybox")
+                .cpu(cpu)
+                .memory(memory)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("RegisterTaskDefinition");
+}
+
 pub async fn start() -> TestServer {
     start_with(|_| {}).await
 }
