@@ -127,6 +127,7 @@ impl<'a> Evaluation<'a> {
             .map(|(index, h)| (h.host.id.as_str(), index))
             .collect();
         let primary_id = self.next.primary().map(|d| d.id.clone());
+        let window = self.observed.healthy_after_running_ms;
         self.live = self
             .observed
             .tasks
@@ -154,6 +155,7 @@ impl<'a> Evaluation<'a> {
                     }
                 };
                 let started_by = task.started_by.as_deref();
+                let healthy = health::is_healthy(task, self.observed.now, window);
                 LiveTask {
                     task,
                     host,
@@ -165,29 +167,20 @@ impl<'a> Evaluation<'a> {
                         .position(|d| Some(d.id.as_str()) == started_by),
                     primary: started_by.is_some() && started_by == primary_id.as_deref(),
                     wanted: health::is_wanted(task),
-                    healthy: health::is_healthy(
-                        task,
-                        self.observed.now,
-                        self.observed.healthy_after_running_ms,
-                    ),
-                    maturing: false,
+                    healthy,
+                    maturing: !healthy
+                        && health::is_running(task)
+                        && task.health_status != flotilla_model::HealthStatus::Unhealthy,
                     stop: false,
                 }
             })
             .collect();
-        for live in &mut self.live {
-            live.maturing = !live.healthy
-                && health::is_running(live.task)
-                && live.task.health_status != flotilla_model::HealthStatus::Unhealthy;
-        }
         // A RUNNING task without checks turns healthy when its window ends with no report to
         // prompt an evaluation: come back then.
-        let window = self.observed.healthy_after_running_ms;
         let turning_healthy: Vec<Timestamp> = self
             .live
             .iter()
-            .filter(|t| !t.healthy && health::is_running(t.task))
-            .filter(|t| !health::has_health_checks(t.task))
+            .filter(|t| t.maturing && !health::has_health_checks(t.task))
             .filter_map(|t| health::healthy_without_checks_at(t.task, window))
             .collect();
         for at in turning_healthy {

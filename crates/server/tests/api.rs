@@ -1654,13 +1654,7 @@ async fn a_burst_of_run_tasks_of_ten_is_placed_in_several_batches() {
                     .await
             }));
         }
-        let mut placed = 0;
-        for call in running {
-            let answer = call.await.unwrap().expect("RunTask succeeds");
-            assert!(answer.failures().is_empty(), "{:?}", answer.failures());
-            placed += answer.tasks().len();
-        }
-        placed
+        all_placed(running).await
     }
 
     let t = common::start_with_slow_commits().await;
@@ -1801,13 +1795,7 @@ async fn pipelined_batches_do_not_conflict_with_their_own_writes() {
                 .await
         }));
     }
-    let mut placed = 0;
-    for call in calls {
-        let answer = call.await.unwrap().expect("RunTask succeeds");
-        assert!(answer.failures().is_empty(), "{:?}", answer.failures());
-        placed += answer.tasks().len();
-    }
-    assert_eq!(placed, 256);
+    assert_eq!(all_placed(calls).await, 256);
     let (committed, conflicted) = t.placement_batches().await;
     assert!(committed >= 4.0);
     assert_eq!(conflicted, 0.0);

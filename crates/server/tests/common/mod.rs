@@ -77,6 +77,23 @@ pub async fn register_app(c: &Client, family: &str, cpu: i32, memory: i32) {
         .expect("RegisterTaskDefinition");
 }
 
+/// Awaits spawned RunTask calls; each must succeed and place everything it asked for.
+/// Returns the tasks placed.
+pub async fn all_placed<E: std::fmt::Debug>(
+    calls: Vec<tokio::task::JoinHandle<Result<aws_sdk_ecs::operation::run_task::RunTaskOutput, E>>>,
+) -> usize {
+    let mut placed = 0;
+    for call in calls {
+        let answer = call
+            .await
+            .expect("the call's task")
+            .expect("RunTask succeeds");
+        assert!(answer.failures().is_empty(), "{:?}", answer.failures());
+        placed += answer.tasks().len();
+    }
+    placed
+}
+
 pub async fn start() -> TestServer {
     start_with(|_| {}).await
 }
