@@ -346,6 +346,15 @@ impl HostIndex {
         self.refresh(host_index);
     }
 
+    /// Sets a host's count of running tasks (what `runningTasksCount` reads), as when its
+    /// tasks moved on while its record and task groups stayed the same.
+    pub fn set_running_tasks_count(&mut self, host_index: usize, count: u32) {
+        if self.hosts[host_index].running_tasks_count != count {
+            self.hosts[host_index].running_tasks_count = count;
+            self.refresh(host_index);
+        }
+    }
+
     /// Gives back what a stopped task of `group` held on a host.
     pub fn release(&mut self, host_index: usize, reservation: &Reservation, group: &str) {
         let Host {

@@ -281,6 +281,8 @@ enum Change {
     Release(usize),
     Replace(usize, Host),
     Push(Host),
+    /// A host's tasks moved on (started, say) while its record and groups stayed.
+    SetRunning(usize, u32),
 }
 
 /// Groups the sequences place, so spread and distinctInstance see several at once.
@@ -322,6 +324,7 @@ fn arb_change() -> impl proptest::strategy::Strategy<Value = Change> {
         2 => any::<usize>().prop_map(Change::Release),
         1 => (any::<usize>(), arb_changed_host()).prop_map(|(i, h)| Change::Replace(i, h)),
         1 => arb_changed_host().prop_map(Change::Push),
+        1 => (any::<usize>(), 0u32..5).prop_map(|(i, n)| Change::SetRunning(i, n)),
     ]
 }
 
@@ -363,6 +366,9 @@ proptest! {
                 Change::Push(mut host) => {
                     host.id = format!("host-{}", index.len());
                     index.push_host(host);
+                }
+                Change::SetRunning(host_index, count) => {
+                    index.set_running_tasks_count(host_index % index.len(), count);
                 }
             }
         }

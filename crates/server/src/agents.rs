@@ -19,6 +19,19 @@ use crate::db::{CAS_RETRIES_MAX, Db, Keys, TxnBuilder, Versioned};
 use crate::engine::InstanceRegistration;
 use crate::engine::{Engine, RequestContext, apply_task_state_change, release_on_stop};
 
+/// The one field of a stored task record the change router needs.
+#[derive(serde::Deserialize)]
+struct RoutedTask {
+    #[serde(default)]
+    container_instance_arn: Option<String>,
+}
+
+/// The one field of a stored container instance record the change router needs.
+#[derive(serde::Deserialize)]
+struct RoutedInstance {
+    arn: String,
+}
+
 /// Liveness and change notification for connected agents.
 pub struct Agents {
     engine: Engine,
@@ -418,7 +431,9 @@ impl Agents {
             .collect())
     }
 
-    /// Routes committed store events to the long-polls of the instances they concern.
+    /// Routes committed store events to the long-polls of the instances they concern. It
+    /// reads only the instance ARN of each record ([`RoutedTask`], [`RoutedInstance`]):
+    /// every task write passes through here.
     pub async fn run_change_router(
         self: Arc<Self>,
         store: Arc<dyn Store>,
@@ -453,25 +468,49 @@ impl Agents {
                     events = watcher.next() => events,
                 };
                 let Ok(events) = events else { break };
-                for event in events {
+                for event in events.iter() {
                     let key = &event.kv.key;
                     if event.kind == EventKind::Delete {
                         continue;
                     }
                     if key.contains("/task/") {
-                        if let Ok(task) = serde_json::from_slice::<Task>(&event.kv.value)
+                        if let Ok(task) = serde_json::from_slice::<RoutedTask>(&event.kv.value)
                             && let Some(arn) = &task.container_instance_arn
                         {
                             self.notify(arn);
                         }
                     } else if key.contains("/instance/")
                         && let Ok(instance) =
-                            serde_json::from_slice::<ContainerInstance>(&event.kv.value)
+                            serde_json::from_slice::<RoutedInstance>(&event.kv.value)
                     {
                         self.notify(&instance.arn);
                     }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The router's partial reads name the fields as the full records store them.
+    #[test]
+    fn routed_fields_read_what_the_records_store() {
+        let mut task = crate::fixtures::task();
+        let routed: RoutedTask =
+            serde_json::from_slice(&serde_json::to_vec(&task).unwrap()).unwrap();
+        assert_eq!(routed.container_instance_arn, task.container_instance_arn);
+        assert!(routed.container_instance_arn.is_some());
+        task.container_instance_arn = None;
+        let routed: RoutedTask =
+            serde_json::from_slice(&serde_json::to_vec(&task).unwrap()).unwrap();
+        assert_eq!(routed.container_instance_arn, None);
+
+        let instance = crate::fixtures::container_instance();
+        let routed: RoutedInstance =
+            serde_json::from_slice(&serde_json::to_vec(&instance).unwrap()).unwrap();
+        assert_eq!(routed.arn, instance.arn);
     }
 }

@@ -39,7 +39,43 @@ pub struct TaskSummary {
     pub mod_revision: Revision,
 }
 
+/// The fields of a stored task record that make its [`TaskSummary`], named as the record
+/// names them: the watch hands the cache every task written by someone else, and reading
+/// just these skips building the containers, overrides and timestamps of a whole `Task`.
+#[derive(serde::Deserialize)]
+struct StoredTaskSummary {
+    id: String,
+    arn: String,
+    #[serde(default)]
+    container_instance_id: Option<String>,
+    #[serde(default)]
+    group: Option<String>,
+    family: String,
+    #[serde(default)]
+    started_by: Option<String>,
+    last_status: TaskStatus,
+    desired_status: DesiredStatus,
+    launch_type: LaunchType,
+}
+
 impl TaskSummary {
+    /// The summary of an encoded task record, without decoding the rest of it.
+    fn decode(record: &[u8], mod_revision: Revision) -> Option<Self> {
+        let stored: StoredTaskSummary = serde_json::from_slice(record).ok()?;
+        Some(Self {
+            id: stored.id,
+            arn: stored.arn,
+            instance_id: stored.container_instance_id,
+            group: stored.group,
+            family: stored.family,
+            started_by: stored.started_by,
+            last_status: stored.last_status,
+            desired_status: stored.desired_status,
+            launch_type: stored.launch_type,
+            mod_revision,
+        })
+    }
+
     pub fn of(task: &Task, mod_revision: Revision) -> Self {
         Self {
             id: task.id.clone(),
@@ -140,12 +176,12 @@ impl ClusterState {
         Some(self.host_changes.iter().skip(skip))
     }
 
-    fn set_instance(&mut self, id: &str, instance: Option<Versioned<ContainerInstance>>) {
+    fn set_instance(&mut self, id: &str, instance: Option<Arc<Versioned<ContainerInstance>>>) {
         self.note_host_change(id);
         let old = match instance {
             Some(instance) => {
                 self.count_active(&instance.value, 1);
-                self.instances.insert(id.to_owned(), Arc::new(instance))
+                self.instances.insert(id.to_owned(), instance)
             }
             None => self.instances.remove(id),
         };
@@ -426,24 +462,23 @@ impl StateCache {
                     {
                         c.set_instance(
                             id,
-                            Some(Versioned {
+                            Some(Arc::new(Versioned {
                                 key: key.to_owned(),
                                 value: instance,
                                 mod_revision,
-                            }),
+                            })),
                         );
                     }
                 });
                 self.notify_instance(root, cluster);
             }
             Some(Parsed::Task { root, cluster, id }) => {
-                let Ok(task) = serde_json::from_slice::<Task>(value) else {
+                let Some(task) = TaskSummary::decode(value, mod_revision) else {
                     return;
                 };
-                self.with_cluster(root, cluster, |c| {
-                    Self::put_task(c, id, &task, mod_revision)
-                });
-                self.notify_service_task(root, cluster, task.group.as_deref());
+                let group = task.group.clone();
+                self.with_cluster(root, cluster, |c| Self::put_task(c, id, task));
+                self.notify_service_task(root, cluster, group.as_deref());
             }
             Some(Parsed::Service {
                 root,
@@ -496,22 +531,25 @@ impl StateCache {
         }
     }
 
-    fn put_task(cluster: &mut ClusterState, id: &str, task: &Task, mod_revision: Revision) {
+    /// Records `task` unless something newer of it is already known.
+    fn put_task(cluster: &mut ClusterState, id: &str, task: TaskSummary) {
         if cluster
             .tasks
             .get(id)
-            .is_none_or(|old| old.mod_revision < mod_revision)
+            .is_none_or(|old| old.mod_revision < task.mod_revision)
         {
-            cluster.set_task(id, Some(TaskSummary::of(task, mod_revision)));
+            cluster.set_task(id, Some(task));
         }
     }
 
     /// Write-through of records the engine just committed at `revision`, all of one
-    /// cluster (one lock and one copy-on-write of the cluster for the whole commit).
+    /// cluster (one lock and one copy-on-write of the cluster for the whole commit). The
+    /// instance records are stored as given (they carry `revision`), so the committer can
+    /// keep the same `Arc` and later tell, by pointer, that the cache still holds its write.
     pub fn committed(
         &self,
-        instances: Vec<ContainerInstance>,
-        tasks: &[Task],
+        instances: impl IntoIterator<Item = Arc<Versioned<ContainerInstance>>>,
+        tasks: impl IntoIterator<Item = TaskSummary>,
         root: &str,
         cluster: &str,
         revision: Revision,
@@ -519,23 +557,17 @@ impl StateCache {
         self.with_cluster(root, cluster, |c| {
             for instance in instances {
                 if c.instances
-                    .get(&instance.id)
+                    .get(&instance.value.id)
                     .is_none_or(|old| old.mod_revision < revision)
                 {
-                    let key = format!("{root}instance/{}/{}", instance.cluster_name, instance.id);
-                    let id = instance.id.clone();
-                    c.set_instance(
-                        &id,
-                        Some(Versioned {
-                            key,
-                            value: instance,
-                            mod_revision: revision,
-                        }),
-                    );
+                    let id = instance.value.id.clone();
+                    c.set_instance(&id, Some(instance));
                 }
             }
-            for task in tasks {
-                Self::put_task(c, &task.id, task, revision);
+            for mut task in tasks {
+                task.mod_revision = revision;
+                let id = task.id.clone();
+                Self::put_task(c, &id, task);
             }
         });
     }
@@ -621,7 +653,7 @@ impl StateCache {
                     break;
                 };
                 let mut newest = 0;
-                for event in events {
+                for event in events.iter() {
                     newest = newest.max(event.kv.mod_revision);
                     match event.kind {
                         EventKind::Put => {
@@ -668,6 +700,19 @@ impl Default for StateCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cache's partial read of a task record gives the summary of the whole record.
+    #[test]
+    fn a_decoded_task_summary_equals_the_summary_of_the_record() {
+        let mut task = crate::fixtures::task();
+        let decode = |task: &Task| TaskSummary::decode(&serde_json::to_vec(task).unwrap(), 7);
+        assert_eq!(decode(&task), Some(TaskSummary::of(&task, 7)));
+        task.container_instance_id = None;
+        task.group = None;
+        task.started_by = None;
+        assert_eq!(decode(&task), Some(TaskSummary::of(&task, 7)));
+        assert_eq!(TaskSummary::decode(b"{}", 7), None);
+    }
 
     #[test]
     fn parses_resource_keys() {

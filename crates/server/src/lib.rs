@@ -7,6 +7,8 @@ pub mod agents;
 pub mod cache;
 pub mod db;
 pub mod engine;
+#[cfg(test)]
+mod fixtures;
 pub mod http;
 pub mod janitor;
 pub mod listener;

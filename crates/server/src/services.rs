@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::CacheChange;
+use crate::cache::{CacheChange, TaskSummary};
 use crate::db::{CAS_RETRIES_MAX, TxnBuilder, Versioned};
 use crate::engine::{Engine, Launch, PlacementJob, RequestContext, request_stop};
 
@@ -390,11 +390,13 @@ async fn evaluate(engine: &Engine, key: &ServiceKey) -> Result<Option<Duration>,
     }
     if wrote_service || !stopped.is_empty() {
         match engine.db.commit(txn.build()).await? {
-            Some(revision) => {
-                engine
-                    .cache
-                    .committed(Vec::new(), &stopped, keys.root(), &key.cluster, revision)
-            }
+            Some(revision) => engine.cache.committed(
+                [],
+                stopped.iter().map(|t| TaskSummary::of(t, revision)),
+                keys.root(),
+                &key.cluster,
+                revision,
+            ),
             // The service or a task changed meanwhile: look again at once.
             None => return Ok(Some(Duration::ZERO)),
         }

@@ -479,9 +479,9 @@ pub async fn concurrent_transfers_match_the_event_stream(store: Arc<dyn Store>) 
         let revision = events[0].kv.mod_revision;
         assert_eq!(revision, last + 1, "every revision appears, in order");
         assert!(events.iter().all(|e| e.kv.mod_revision == revision));
-        for event in events {
+        for event in events.iter() {
             assert_eq!(event.kind, EventKind::Put);
-            replayed.insert(event.kv.key.clone(), event.kv);
+            replayed.insert(event.kv.key.clone(), event.kv.clone());
         }
         last = revision;
     }

@@ -282,10 +282,14 @@ fn truncated(key: &str) -> &str {
     &key[..end]
 }
 
+/// One transaction's events as a watcher receives them: shared between the watchers that
+/// receive the same ones, so fanning out a write copies no keys or values.
+pub type WatchEvents = Arc<[WatchEvent]>;
+
 /// A bounded stream of committed events under a prefix, one transaction at a time, in
 /// revision order.
 pub struct Watcher {
-    receiver: tokio::sync::mpsc::Receiver<Vec<WatchEvent>>,
+    receiver: tokio::sync::mpsc::Receiver<WatchEvents>,
     /// Set by the publisher before it drops the sender of a watcher that overflowed, so the
     /// end of the stream can be told apart from a shutdown.
     lagged: Arc<AtomicBool>,
@@ -302,7 +306,7 @@ impl std::fmt::Debug for Watcher {
 impl Watcher {
     /// The receiving half of a watch; the backend keeps the sender and `lagged`.
     pub(crate) fn new(
-        receiver: tokio::sync::mpsc::Receiver<Vec<WatchEvent>>,
+        receiver: tokio::sync::mpsc::Receiver<WatchEvents>,
         lagged: Arc<AtomicBool>,
     ) -> Self {
         Self { receiver, lagged }
@@ -310,7 +314,7 @@ impl Watcher {
 
     /// The events of the next matching transaction (never empty, all with the same
     /// `mod_revision`). Events buffered before a lag or a shutdown are still delivered first.
-    pub async fn next(&mut self) -> Result<Vec<WatchEvent>, StoreError> {
+    pub async fn next(&mut self) -> Result<WatchEvents, StoreError> {
         match self.receiver.recv().await {
             Some(events) => Ok(events),
             None if self.lagged.load(Ordering::Acquire) => Err(StoreError::WatchLagged),

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::mpsc;
 
-use crate::{Revision, StoreError, WATCH_BUFFER_MAX, WatchEvent, Watcher};
+use crate::{Revision, StoreError, WATCH_BUFFER_MAX, WatchEvent, WatchEvents, Watcher};
 
 /// Events kept so a watch can start slightly in the past (a list that took a while, a
 /// reconnecting client). Older starts get [`StoreError::Compacted`].
@@ -27,20 +27,38 @@ pub(crate) struct Committed {
     pub events: Vec<WatchEvent>,
 }
 
-impl Committed {
-    fn bytes(&self) -> usize {
-        self.events
+/// A published transaction as the history keeps it. Its events are shared: a watcher whose
+/// prefix covers all of them (the usual case) gets the same allocation, not a copy of every
+/// key and value.
+struct Published {
+    revision: Revision,
+    events: WatchEvents,
+    /// Key and value bytes, counted against [`HISTORY_BYTES_MAX`].
+    bytes: usize,
+}
+
+impl Published {
+    fn of(committed: Committed) -> Self {
+        let bytes = committed
+            .events
             .iter()
             .map(|e| e.kv.key.len() + e.kv.value.len())
-            .sum()
+            .sum();
+        Self {
+            revision: committed.revision,
+            events: committed.events.into(),
+            bytes,
+        }
     }
 
-    fn matching(&self, prefix: &str) -> Vec<WatchEvent> {
-        self.events
-            .iter()
-            .filter(|e| e.kv.key.starts_with(prefix))
-            .cloned()
-            .collect()
+    /// The events under `prefix`, if any.
+    fn matching(&self, prefix: &str) -> Option<WatchEvents> {
+        let under = |e: &&WatchEvent| e.kv.key.starts_with(prefix);
+        match self.events.iter().filter(under).count() {
+            0 => None,
+            n if n == self.events.len() => Some(self.events.clone()),
+            _ => Some(self.events.iter().filter(under).cloned().collect()),
+        }
     }
 }
 
@@ -48,13 +66,13 @@ struct Subscriber {
     prefix: String,
     /// Revisions below this were replayed from history or predate the watch.
     from: Revision,
-    sender: mpsc::Sender<Vec<WatchEvent>>,
+    sender: mpsc::Sender<WatchEvents>,
     lagged: Arc<AtomicBool>,
 }
 
 struct HubState {
     /// Oldest first; only transactions that produced events.
-    history: VecDeque<(Committed, usize)>,
+    history: VecDeque<Published>,
     history_events: usize,
     history_bytes: usize,
     /// Every revision >= this is in `history`, or has not been published yet.
@@ -115,12 +133,11 @@ impl WatchHub {
                 oldest: state.oldest_watchable,
             });
         }
-        let replay: Vec<Vec<WatchEvent>> = state
+        let replay: Vec<WatchEvents> = state
             .history
             .iter()
-            .filter(|(c, _)| c.revision >= start)
-            .map(|(c, _)| c.matching(prefix))
-            .filter(|events| !events.is_empty())
+            .filter(|published| published.revision >= start)
+            .filter_map(|published| published.matching(prefix))
             .collect();
         // Room for the whole replay on top of the live buffer, so a watch from the past is
         // never refused for the size of the history it asked for.
@@ -152,14 +169,14 @@ impl WatchHub {
             return;
         }
         for committed in batch {
+            let published = Published::of(committed);
             state.subscribers.retain(|subscriber| {
-                if committed.revision < subscriber.from {
+                if published.revision < subscriber.from {
                     return true;
                 }
-                let events = committed.matching(&subscriber.prefix);
-                if events.is_empty() {
+                let Some(events) = published.matching(&subscriber.prefix) else {
                     return true;
-                }
+                };
                 match subscriber.sender.try_send(events) {
                     Ok(()) => true,
                     Err(mpsc::error::TrySendError::Full(_)) => {
@@ -168,7 +185,7 @@ impl WatchHub {
                         subscriber.lagged.store(true, Ordering::Release);
                         tracing::debug!(
                             prefix = %subscriber.prefix,
-                            revision = committed.revision,
+                            revision = published.revision,
                             "dropping a watcher that fell {WATCH_BUFFER_MAX} transactions behind"
                         );
                         false
@@ -176,21 +193,20 @@ impl WatchHub {
                     Err(mpsc::error::TrySendError::Closed(_)) => false,
                 }
             });
-            if committed.events.is_empty() {
+            if published.events.is_empty() {
                 continue;
             }
-            let bytes = committed.bytes();
-            state.history_events += committed.events.len();
-            state.history_bytes += bytes;
-            state.history.push_back((committed, bytes));
+            state.history_events += published.events.len();
+            state.history_bytes += published.bytes;
+            state.history.push_back(published);
             while state.history_events > HISTORY_EVENTS_MAX
                 || state.history_bytes > HISTORY_BYTES_MAX
             {
-                let Some((dropped, bytes)) = state.history.pop_front() else {
+                let Some(dropped) = state.history.pop_front() else {
                     break;
                 };
                 state.history_events -= dropped.events.len();
-                state.history_bytes -= bytes;
+                state.history_bytes -= dropped.bytes;
                 state.oldest_watchable = dropped.revision + 1;
             }
         }

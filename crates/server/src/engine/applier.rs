@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::tasks::{Launch, RunTaskToken, new_task};
 use super::{Engine, RequestContext, contention};
-use crate::cache::{ClusterState, HostTasks};
+use crate::cache::{ClusterState, HostTasks, TaskSummary};
 use crate::db::{CAS_RETRIES_MAX, TxnBuilder, Versioned};
 use flotilla_scheduler::HostIndex;
 
@@ -149,28 +149,41 @@ impl KeptIndex {
             (None, None) => true,
             _ => false,
         };
-        if source.0.mod_revision != instance.mod_revision || !same_tasks {
+        if source.0.mod_revision != instance.mod_revision {
             self.index.replace_host(
                 position,
                 crate::placement::host(&instance.value, tasks.map(|t| &**t)),
             );
             *source = (instance.clone(), tasks.cloned());
+        } else if !same_tasks {
+            // The record is the one the index holds (usually its own write, see
+            // `landed`) and the task counts moved. When the groups moved only by the
+            // index's own placements they already match, and only the running count
+            // (which counts a batch's placements as running) is taken from the cache:
+            // far cheaper than re-indexing the host.
+            let host = &self.index.hosts()[position];
+            let (running, groups) = tasks.map_or((0, None), |t| (t.running, Some(&t.groups)));
+            if groups.map_or(host.task_groups.is_empty(), |g| *g == host.task_groups) {
+                self.index.set_running_tasks_count(position, running);
+            } else {
+                self.index.replace_host(
+                    position,
+                    crate::placement::host(&instance.value, tasks.map(|t| &**t)),
+                );
+            }
+            *source = (instance.clone(), tasks.cloned());
         }
     }
 
-    /// Takes the revision of the host records a landed batch, decided on this index, wrote
-    /// (see [`Engine::land`]). The host entries already hold the batch's placements; only
-    /// what the next batch's compares expect moves forward.
-    fn landed(&mut self, written: &Written, revision: flotilla_store::Revision) {
-        for (&position, (instance, _)) in written {
-            if let Some(source) = self.sources.get_mut(position)
-                && source.0.mod_revision < revision
+    /// Takes the host records a landed batch, decided on this index, wrote (see
+    /// [`Engine::land`]), as committed. The host entries already hold the batch's
+    /// placements; only what the next batch's compares expect moves forward.
+    fn landed(&mut self, records: &[(usize, Arc<Versioned<ContainerInstance>>)]) {
+        for (position, record) in records {
+            if let Some(source) = self.sources.get_mut(*position)
+                && source.0.mod_revision < record.mod_revision
             {
-                source.0 = Arc::new(Versioned {
-                    key: source.0.key.clone(),
-                    value: instance.clone(),
-                    mod_revision: revision,
-                });
+                source.0 = record.clone();
             }
         }
     }
@@ -462,12 +475,25 @@ impl Engine {
         match committed {
             Ok(Some(revision)) => {
                 self.placement_counters.batches_committed.inc();
+                // One record per host, shared by the index and the cache.
+                let records: Vec<(usize, Arc<Versioned<ContainerInstance>>)> = flight
+                    .written
+                    .into_iter()
+                    .map(|(position, host)| {
+                        let record = Versioned {
+                            key: host.key,
+                            value: host.instance,
+                            mod_revision: revision,
+                        };
+                        (position, Arc::new(record))
+                    })
+                    .collect();
                 if let Some(index) = kept {
-                    index.landed(&flight.written, revision);
+                    index.landed(&records);
                 }
                 self.cache.committed(
-                    flight.written.into_values().map(|(i, _)| i).collect(),
-                    &flight.created,
+                    records.into_iter().map(|(_, record)| record),
+                    flight.created,
                     &flight.root,
                     &flight.cluster_name,
                     revision,
@@ -605,7 +631,7 @@ impl Engine {
         let KeptIndex { index, sources, .. } = kept;
         let mut txn = TxnBuilder::new();
         let mut touched: BTreeMap<usize, ContainerInstance> = BTreeMap::new();
-        let mut created_all: Vec<Task> = Vec::new();
+        let mut created_all: Vec<TaskSummary> = Vec::new();
         let mut answers: Vec<JobOutcome> = Vec::with_capacity(jobs.len());
         let mut tokens = HashSet::new();
         for job in &jobs {
@@ -648,7 +674,7 @@ impl Engine {
                 let instance = touched.entry(i).or_insert_with(|| {
                     in_flight
                         .written(i)
-                        .map_or_else(|| sources[i].0.value.clone(), |(w, _)| w.clone())
+                        .map_or_else(|| sources[i].0.value.clone(), |w| w.instance.clone())
                 });
                 instance.remaining.apply(&reservation);
                 let task = new_task(
@@ -679,7 +705,7 @@ impl Engine {
                 txn.put(&token.key, &record);
                 tokens.insert(token.key.clone());
             }
-            created_all.extend(created.iter().cloned());
+            created_all.extend(created.iter().map(|task| TaskSummary::of(task, 0)));
             answers.push(Ok(Placed {
                 tasks: created,
                 failures,
@@ -691,12 +717,19 @@ impl Engine {
             instance.version += 1;
             let key = &sources[i].0.key;
             match in_flight.written(i) {
-                Some((_, bytes)) => txn.expect_value(key, bytes.clone()),
+                Some(host) => txn.expect_value(key, host.bytes.clone()),
                 None => txn.expect(key, sources[i].0.mod_revision),
             };
             let bytes = serde_json::to_vec(&instance).unwrap_or_default();
             txn.put_encoded(key, bytes.clone());
-            written.insert(i, (instance, bytes));
+            written.insert(
+                i,
+                WrittenHost {
+                    key: key.clone(),
+                    instance,
+                    bytes,
+                },
+            );
         }
         Decided {
             jobs,
@@ -711,9 +744,16 @@ impl Engine {
     }
 }
 
-/// Host records a batch writes, by host index: the record and its encoded bytes (what the
-/// next batch's compare expects).
-type Written = HashMap<usize, (ContainerInstance, Vec<u8>)>;
+/// A host record a batch writes.
+struct WrittenHost {
+    key: String,
+    instance: ContainerInstance,
+    /// The record encoded: what the next batch's compare expects.
+    bytes: Vec<u8>,
+}
+
+/// Host records a batch writes, by host index.
+type Written = HashMap<usize, WrittenHost>;
 
 /// A batch decided and not yet sent.
 struct Decided {
@@ -723,7 +763,8 @@ struct Decided {
     written: Written,
     /// The keys of the clientTokens it records.
     tokens: HashSet<String>,
-    created: Vec<Task>,
+    /// The summaries of the tasks it creates, for the cache's write-through.
+    created: Vec<TaskSummary>,
     root: String,
     cluster_name: String,
 }
@@ -746,7 +787,8 @@ struct InFlight<'a> {
     answers: Vec<JobOutcome>,
     written: Written,
     tokens: HashSet<String>,
-    created: Vec<Task>,
+    /// The summaries of the tasks it creates, for the cache's write-through.
+    created: Vec<TaskSummary>,
     root: String,
     cluster_name: String,
     /// Queued on the store when the batch was sent; polled only to learn the outcome.
@@ -761,7 +803,7 @@ struct Pipeline<'a> {
 
 impl Pipeline<'_> {
     /// What the newest batch in flight that writes host `position` writes.
-    fn written(&self, position: usize) -> Option<&(ContainerInstance, Vec<u8>)> {
+    fn written(&self, position: usize) -> Option<&WrittenHost> {
         self.flights
             .iter()
             .rev()

@@ -18,9 +18,11 @@ use flotilla_model::{
 use flotilla_protocol::TaskStateChange;
 use flotilla_scheduler::{Constraint, PlacementRequest};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 use super::task_definitions::parse_tags_include;
 use super::{Engine, RequestContext, contention, max_results, new_id, validate_tags};
+use crate::cache::TaskSummary;
 use crate::db::{CAS_RETRIES_MAX, TxnBuilder, Versioned};
 
 /// ECS: RunTask starts at most 10 tasks per call.
@@ -494,7 +496,7 @@ impl Engine {
         launch: &Launch,
         instances: &[Versioned<ContainerInstance>],
         placements: Vec<(usize, Reservation)>,
-    ) -> (TxnBuilder, Vec<Task>, Vec<ContainerInstance>) {
+    ) -> (TxnBuilder, Vec<Task>, Vec<(String, ContainerInstance)>) {
         let keys = ctx.keys();
         let mut txn = TxnBuilder::new();
         let mut touched: std::collections::BTreeMap<usize, ContainerInstance> =
@@ -525,7 +527,7 @@ impl Engine {
         for (host_index, mut instance) in touched {
             instance.version += 1;
             txn.replace(&instances[host_index], &instance);
-            updated.push(instance);
+            updated.push((instances[host_index].key.clone(), instance));
         }
         (txn, created, updated)
     }
@@ -640,8 +642,19 @@ impl Engine {
                 placements,
             );
             if let Some(revision) = self.db.commit(txn.build()).await? {
-                self.cache
-                    .committed(updated, &created, keys.root(), &cluster_name, revision);
+                self.cache.committed(
+                    updated.into_iter().map(|(key, value)| {
+                        Arc::new(Versioned {
+                            key,
+                            value,
+                            mod_revision: revision,
+                        })
+                    }),
+                    created.iter().map(|t| TaskSummary::of(t, revision)),
+                    keys.root(),
+                    &cluster_name,
+                    revision,
+                );
                 return Ok(TasksResponse {
                     tasks: created.iter().map(|t| responses::task(t, true)).collect(),
                     failures,
