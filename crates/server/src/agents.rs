@@ -205,7 +205,11 @@ impl Agents {
         })
     }
 
-    /// Reads the instance and the tasks it must act on; the revision is the newest change.
+    /// Reads the instance and the tasks it must act on. The revision is the newest change
+    /// the answer is complete up to: the instance record's, or a listed task's as of the
+    /// snapshot the tasks were found in (a task read later may be newer, and its change
+    /// wakes the poll again). Placing a task writes its host's record, so a task placed at
+    /// or before the record's revision is always in the snapshot, which is taken after it.
     async fn desired_state(
         &self,
         at: &InstanceAddress,
@@ -215,20 +219,21 @@ impl Agents {
             .get::<ContainerInstance>(&at.keys.instance(&at.cluster, &at.id))
             .await?
             .ok_or_else(|| EcsError::invalid("Unknown container instance; register again."))?;
-        let index_prefix = at.keys.instance_tasks(&at.cluster, &at.id);
+        let snapshot = self.engine.snapshot_in(at.keys.root(), &at.cluster).await?;
         let mut revision = instance.mod_revision;
         let mut tasks = Vec::new();
         let mut task_definitions = BTreeMap::new();
-        for index_key in self.db().keys(&index_prefix).await? {
-            let task_id = &index_key[index_prefix.len()..];
+        for task_id in snapshot.task_ids_on(&at.id) {
+            if let Some(summary) = snapshot.tasks.get(&task_id) {
+                revision = revision.max(summary.mod_revision);
+            }
             let Some(task) = self
                 .db()
-                .get::<Task>(&at.keys.task(&at.cluster, task_id))
+                .get::<Task>(&at.keys.task(&at.cluster, &task_id))
                 .await?
             else {
                 continue;
             };
-            revision = revision.max(task.mod_revision);
             let task = task.value;
             if task.last_status == TaskStatus::Stopped {
                 continue;

@@ -92,17 +92,21 @@ impl TaskSummary {
     }
 }
 
-/// What placement needs of the tasks on one host: its non-stopped tasks by group and how
-/// many are RUNNING. Kept up to date with every task change, so a placement snapshot costs
-/// O(hosts), not O(tasks).
+/// The tasks on one host that are not STOPPED: what placement needs of them (how many by
+/// group, how many RUNNING) and their ids, which is how an agent's poll and a
+/// (de)registration find the host's tasks. Kept up to date with every task change, so a
+/// placement snapshot costs O(hosts), not O(tasks).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostTasks {
     pub groups: BTreeMap<String, u32>,
     pub running: u32,
+    /// Persistent, so replacing an entry that a snapshot shares copies no ids.
+    pub ids: imbl::OrdSet<String>,
 }
 
 impl HostTasks {
     fn add(&mut self, task: &TaskSummary) {
+        self.ids.insert(task.id.clone());
         if let Some(group) = &task.group {
             *self.groups.entry(group.clone()).or_default() += 1;
         }
@@ -112,6 +116,7 @@ impl HostTasks {
     }
 
     fn remove(&mut self, task: &TaskSummary) {
+        self.ids.remove(&task.id);
         if let Some(group) = &task.group
             && let Some(count) = self.groups.get_mut(group)
         {
@@ -165,6 +170,14 @@ impl ClusterState {
             self.host_changes.pop_front();
         }
         self.host_changes_total += 1;
+    }
+
+    /// The ids of the tasks on instance `id` that are not STOPPED, in id order.
+    pub fn task_ids_on(&self, id: &str) -> Vec<String> {
+        self.host_tasks
+            .get(id)
+            .map(|tasks| tasks.ids.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The instance ids changed after the first `seen` host changes, or `None` when some of
@@ -229,7 +242,7 @@ impl ClusterState {
         {
             let host = Arc::make_mut(host);
             host.remove(&old);
-            if host.groups.is_empty() && host.running == 0 {
+            if host.ids.is_empty() {
                 self.host_tasks.remove(instance);
             }
             self.note_host_change(instance);
@@ -276,6 +289,9 @@ pub enum CacheChange {
     /// A container instance was written or deleted: every service of the cluster may care.
     Instance { root: String, cluster: String },
 }
+
+/// How long a reader that needs everything committed waits for the cache to apply it.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Changes that may wait for the service controller; a controller that falls further
 /// behind re-evaluates every service instead.
@@ -390,14 +406,17 @@ impl StateCache {
             .unwrap_or_default()
     }
 
-    /// Waits (bounded) until the cache has applied `revision`.
-    pub async fn wait_for(&self, revision: Revision) {
+    /// Waits (bounded) until the cache has applied `revision`; false if it did not in time.
+    pub async fn wait_for(&self, revision: Revision) -> bool {
         let mut receiver = self.applied.subscribe();
-        let _ = tokio::time::timeout(
-            Duration::from_secs(5),
-            receiver.wait_for(|applied| *applied >= revision),
+        matches!(
+            tokio::time::timeout(
+                CATCH_UP_TIMEOUT,
+                receiver.wait_for(|applied| *applied >= revision),
+            )
+            .await,
+            Ok(Ok(_))
         )
-        .await;
     }
 
     fn with_cluster(&self, root: &str, cluster: &str, change: impl FnOnce(&mut ClusterState)) {

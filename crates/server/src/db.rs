@@ -8,10 +8,13 @@
 //! r/{account}/{region}/family/{family}                     Family (revision counter)
 //! r/{account}/{region}/instance/{cluster}/{id}             ContainerInstance
 //! r/{account}/{region}/task/{cluster}/{id}                 Task
-//! r/{account}/{region}/itask/{cluster}/{instance}/{task}   index: tasks of an instance
 //! r/{account}/{region}/setting/{principal|~}/{name}        AccountSetting
 //! r/{account}/{region}/token/runtask/{cluster}/{token}     RunTask idempotency record
 //! ```
+//! The tasks of an instance are found through the state cache ([`crate::cache::HostTasks`]),
+//! not a stored index: a stored entry per task landed on a random B-tree page and cost a
+//! sixth of a placement. Stores written before keep `itask/{cluster}/{instance}/{task}`
+//! entries, which nothing reads; the janitor deletes each with its task.
 
 use std::sync::Arc;
 
@@ -97,12 +100,6 @@ impl Keys {
     }
     pub fn task(&self, cluster: &str, id: &str) -> String {
         format!("{}task/{cluster}/{id}", self.root)
-    }
-    pub fn instance_tasks(&self, cluster: &str, instance_id: &str) -> String {
-        format!("{}itask/{cluster}/{instance_id}/", self.root)
-    }
-    pub fn instance_task(&self, cluster: &str, instance_id: &str, task_id: &str) -> String {
-        format!("{}itask/{cluster}/{instance_id}/{task_id}", self.root)
     }
     pub fn settings(&self) -> String {
         format!("{}setting/", self.root)

@@ -63,6 +63,8 @@ pub async fn sweep(engine: &Engine, now: Timestamp) -> Result<usize, flotilla_mo
             continue;
         }
         txn.expect(&kv.key, kv.mod_revision).delete(&kv.key);
+        // Stores written before tasks were found through the state cache hold an index
+        // entry per task; deleting one that does not exist is a no-op.
         if let Some(instance_id) = &task.container_instance_id {
             let root = &kv.key[..kv.key.find("/task/").unwrap_or(0)];
             txn.delete(&format!(

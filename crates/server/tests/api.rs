@@ -1243,33 +1243,29 @@ async fn start_task_register_container_instance_and_capacity_providers() {
     assert_eq!(registered.status.as_deref(), Some("ACTIVE"));
     let registered_arn = registered.container_instance_arn.clone().unwrap();
     // Re-registering the same EC2 instance keeps its identity.
-    let again = c
-        .register_container_instance()
-        .cluster("st")
-        .instance_identity_document(r#"{"instanceId": "i-0123456789abcdef0"}"#)
-        .total_resources(
-            aws_sdk_ecs::types::Resource::builder()
-                .name("CPU")
-                .r#type("INTEGER")
-                .integer_value(1024)
-                .build(),
-        )
-        .total_resources(
-            aws_sdk_ecs::types::Resource::builder()
-                .name("MEMORY")
-                .r#type("INTEGER")
-                .integer_value(512)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    let register_again = || {
+        c.register_container_instance()
+            .cluster("st")
+            .instance_identity_document(r#"{"instanceId": "i-0123456789abcdef0"}"#)
+            .total_resources(
+                aws_sdk_ecs::types::Resource::builder()
+                    .name("CPU")
+                    .r#type("INTEGER")
+                    .integer_value(1024)
+                    .build(),
+            )
+            .total_resources(
+                aws_sdk_ecs::types::Resource::builder()
+                    .name("MEMORY")
+                    .r#type("INTEGER")
+                    .integer_value(512)
+                    .build(),
+            )
+            .send()
+    };
+    let again = register_again().await.unwrap().container_instance.unwrap();
     assert_eq!(
-        again
-            .container_instance
-            .unwrap()
-            .container_instance_arn
-            .as_deref(),
+        again.container_instance_arn.as_deref(),
         Some(registered_arn.as_str())
     );
 
@@ -1312,6 +1308,15 @@ async fn start_task_register_container_instance_and_capacity_providers() {
         full.failures.unwrap()[0].reason.as_deref(),
         Some("RESOURCE:MEMORY")
     );
+    // A host registering again (an agent restart) keeps what its tasks hold.
+    let again = register_again().await.unwrap().container_instance.unwrap();
+    let memory_left = again
+        .remaining_resources
+        .unwrap()
+        .into_iter()
+        .find(|r| r.name.as_deref() == Some("MEMORY"))
+        .map(|r| r.integer_value);
+    assert_eq!(memory_left, Some(0), "both tasks still hold 256 MiB each");
 
     let providers = c.describe_capacity_providers().send().await.unwrap();
     let names: Vec<String> = providers

@@ -27,9 +27,9 @@ use flotilla_scheduler::HostIndex;
 const QUEUE_MAX: usize = 1024;
 /// Placements decided and committed together.
 const JOBS_PER_BATCH_MAX: usize = 64;
-/// Tasks one batch may place: each writes up to three keys (the task, its instance index
-/// entry, the host) and compares two, which keeps a batch's transaction well inside the
-/// store's limit of operations per transaction.
+/// Tasks one batch may place: each writes up to two keys (the task and its host) and
+/// compares two, which keeps a batch's transaction well inside the store's limit of
+/// operations per transaction.
 const TASKS_PER_BATCH_MAX: usize = 240;
 /// Batches committing at once. Each is sent as soon as it is decided, so while the store
 /// syncs one the next queue behind it and its writer makes them durable together; more
@@ -505,6 +505,8 @@ impl Engine {
             }
             Ok(None) => {
                 self.placement_counters.batches_conflicted.inc();
+                // Decided again on what the conflict was with (or, should the cache not
+                // catch up in time, conflicting again and ending in a contention error).
                 if let Ok(revision) = self.db.store.revision().await {
                     self.cache.wait_for(revision).await;
                 }
@@ -687,10 +689,6 @@ impl Engine {
                 );
                 let task_key = keys.task(&cluster_name, &task.id);
                 txn.expect(&task_key, 0).put(&task_key, &task);
-                txn.put(
-                    &keys.instance_task(&cluster_name, &instance.id, &task.id),
-                    &(),
-                );
                 created.push(task);
             }
             if let (Some(token), false) = (&job.token, created.is_empty()) {

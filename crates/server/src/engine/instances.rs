@@ -191,7 +191,8 @@ impl Engine {
         Err(contention())
     }
 
-    /// The tasks recorded on one instance (through the instance index).
+    /// The tasks on one instance that were not STOPPED when this was called (found through
+    /// the state cache, once it holds every write committed before the call), as stored now.
     pub(crate) async fn instance_tasks(
         &self,
         ctx: &RequestContext,
@@ -199,11 +200,10 @@ impl Engine {
         instance_id: &str,
     ) -> Result<Vec<Versioned<Task>>, EcsError> {
         let keys = ctx.keys();
-        let index_prefix = keys.instance_tasks(cluster, instance_id);
-        let mut tasks = Vec::new();
-        for index_key in self.db.keys(&index_prefix).await? {
-            let task_id = &index_key[index_prefix.len()..];
-            if let Some(task) = self.db.get::<Task>(&keys.task(cluster, task_id)).await? {
+        let ids = self.snapshot(ctx, cluster).await?.task_ids_on(instance_id);
+        let mut tasks = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(task) = self.db.get::<Task>(&keys.task(cluster, &id)).await? {
                 tasks.push(task);
             }
         }

@@ -130,14 +130,27 @@ impl Engine {
         ctx: &RequestContext,
         cluster: &str,
     ) -> Result<Arc<crate::cache::ClusterState>, EcsError> {
+        self.snapshot_in(ctx.keys().root(), cluster).await
+    }
+
+    /// [`Engine::snapshot`] of the cluster named `cluster` under key root `root`.
+    pub(crate) async fn snapshot_in(
+        &self,
+        root: &str,
+        cluster: &str,
+    ) -> Result<Arc<crate::cache::ClusterState>, EcsError> {
         let revision = self
             .db
             .store
             .revision()
             .await
             .map_err(crate::db::store_error)?;
-        self.cache.wait_for(revision).await;
-        Ok(self.cache.cluster(ctx.keys().root(), cluster))
+        if !self.cache.wait_for(revision).await {
+            return Err(EcsError::Server(
+                "The control plane's state cache is catching up with the store; retry.".into(),
+            ));
+        }
+        Ok(self.cache.cluster(root, cluster))
     }
 
     pub fn db(&self) -> &Db {

@@ -517,10 +517,6 @@ impl Engine {
             );
             txn.expect(&keys.task(cluster_name, &task.id), 0)
                 .put(&keys.task(cluster_name, &task.id), &task);
-            txn.put(
-                &keys.instance_task(cluster_name, &instance.id, &task.id),
-                &(),
-            );
             created.push(task);
         }
         let mut updated = Vec::with_capacity(touched.len());
