@@ -1748,6 +1748,69 @@ async fn a_burst_of_run_tasks_of_ten_is_placed_in_several_batches() {
     assert_eq!(pending, 3840);
 }
 
+/// Calls that repeat one clientToken and reach the plan applier together (an SDK's retry
+/// racing its first try) place the tasks once, and every one of them gets those tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_with_one_client_token_place_once() {
+    let t = common::start_with_slow_commits().await;
+    let c = &t.client;
+    t.cluster("tok").await;
+    t.agent(FakeHost::new("tok", 4096, 4096), FakeMode::Manual)
+        .await;
+    register_app(c, "tok", 16, 16).await;
+    // Calls without a token first, a batch each, so the applier's pipeline is full of
+    // (slow) commits while the repeats queue, and they are decided together in one batch.
+    let mut fillers = Vec::new();
+    for _ in 0..6 {
+        let c = c.clone();
+        fillers.push(tokio::spawn(async move {
+            c.run_task()
+                .cluster("tok")
+                .task_definition("tok")
+                .send()
+                .await
+        }));
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let mut calls = Vec::new();
+    for _ in 0..8 {
+        let c = c.clone();
+        calls.push(tokio::spawn(async move {
+            c.run_task()
+                .cluster("tok")
+                .task_definition("tok")
+                .count(2)
+                .client_token("same")
+                .send()
+                .await
+        }));
+    }
+    let mut answers = std::collections::BTreeSet::new();
+    for call in calls {
+        let output = call.await.unwrap().unwrap();
+        let mut arns: Vec<String> = output
+            .tasks()
+            .iter()
+            .filter_map(|t| t.task_arn.clone())
+            .collect();
+        arns.sort();
+        answers.insert(arns);
+    }
+    assert_eq!(
+        answers.len(),
+        1,
+        "every call got the same tasks: {answers:?}"
+    );
+    assert_eq!(answers.first().unwrap().len(), 2);
+    assert_eq!(all_placed(fillers).await, 6);
+    let listed = c.list_tasks().cluster("tok").send().await.unwrap();
+    assert_eq!(
+        listed.task_arns.unwrap().len(),
+        8,
+        "the repeats placed once"
+    );
+}
+
 /// Batches in flight write hosts the batches after them leave alone. When the store's watch
 /// brings such a write to the cache before the applier writes it through, the applier's
 /// index must still learn the host's new revision from the landing, or that host's next

@@ -636,7 +636,29 @@ impl Engine {
         let mut created_all: Vec<TaskSummary> = Vec::new();
         let mut answers: Vec<JobOutcome> = Vec::with_capacity(jobs.len());
         let mut tokens = HashSet::new();
+        // The clientTokens this batch records: fingerprint and the job that placed.
+        let mut recorded: HashMap<&str, (&str, usize)> = HashMap::new();
         for job in &jobs {
+            // A retry in the same batch as the call it repeats gets that call's tasks.
+            if let Some(token) = &job.token
+                && let Some(&(fingerprint, earlier)) = recorded.get(token.key.as_str())
+            {
+                answers.push(if fingerprint == token.fingerprint {
+                    match &answers[earlier] {
+                        Ok(placed) => Ok(Placed {
+                            tasks: placed.tasks.clone(),
+                            failures: Vec::new(),
+                            unplaced_event: None,
+                        }),
+                        Err(error) => Err(error.clone()),
+                    }
+                } else {
+                    Err(EcsError::Conflict(
+                        "The clientToken was already used with different parameters.".into(),
+                    ))
+                });
+                continue;
+            }
             if !any_active {
                 answers.push(Err(EcsError::invalid(
                     "No Container Instances were found in your cluster.",
@@ -702,6 +724,7 @@ impl Engine {
                 };
                 txn.put(&token.key, &record);
                 tokens.insert(token.key.clone());
+                recorded.insert(&token.key, (&token.fingerprint, answers.len()));
             }
             created_all.extend(created.iter().map(|task| TaskSummary::of(task, 0)));
             answers.push(Ok(Placed {
