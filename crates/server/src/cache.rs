@@ -644,8 +644,11 @@ impl StateCache {
     pub async fn run(self: Arc<Self>, store: Arc<dyn Store>, shutdown: CancellationToken) {
         loop {
             // Watch first, then list: events racing the listing are applied after it, and
-            // the revision check makes applying them twice harmless.
-            let mut watcher = match store.watch("r/", 0) {
+            // the revision check makes applying them twice harmless. The watch covers every
+            // key, not just `r/`: the cache only keeps `r/` records, but it must see the
+            // store's other writes (the registry's `ecr/`) to know it has caught up with a
+            // revision, which readers that need everything committed wait for.
+            let mut watcher = match store.watch("", 0) {
                 Ok(watcher) => watcher,
                 Err(error) => {
                     tracing::warn!(%error, "state cache cannot watch the store");
@@ -719,6 +722,30 @@ impl Default for StateCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A write outside `r/` (the registry's) still counts as applied, so a reader that
+    /// waits for the store's newest revision is not kept waiting for an `r/` write.
+    #[tokio::test]
+    async fn writes_outside_the_cached_prefix_are_caught_up_with() {
+        let store: Arc<dyn Store> = Arc::new(flotilla_store::RedbStore::in_memory().unwrap());
+        let cache = Arc::new(StateCache::new());
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cache.clone().run(store.clone(), shutdown.clone()));
+        let put = |key: &str| flotilla_store::Txn {
+            compares: Vec::new(),
+            ops: vec![flotilla_store::Op::Put {
+                key: key.to_owned(),
+                value: b"{}".to_vec(),
+            }],
+        };
+        store.txn(put("r/0/us-east-1/cluster/c")).await.unwrap();
+        store.txn(put("ecr/repo/0/us-east-1/web")).await.unwrap();
+        let revision = store.revision().await.unwrap();
+        let started = std::time::Instant::now();
+        assert!(cache.wait_for(revision).await, "the cache caught up");
+        assert!(started.elapsed() < CATCH_UP_TIMEOUT);
+        shutdown.cancel();
+    }
 
     /// The cache's partial read of a task record gives the summary of the whole record.
     #[test]
