@@ -1206,24 +1206,26 @@ async fn start_task_register_container_instance_and_capacity_providers() {
     let c = &t.client;
     t.cluster("st").await;
     // Registration through the ECS API itself (as AWS's own agent does).
-    let registered = c
-        .register_container_instance()
-        .cluster("st")
-        .instance_identity_document(r#"{"instanceId": "i-0123456789abcdef0"}"#)
-        .total_resources(
-            aws_sdk_ecs::types::Resource::builder()
-                .name("CPU")
-                .r#type("INTEGER")
-                .integer_value(1024)
-                .build(),
-        )
-        .total_resources(
-            aws_sdk_ecs::types::Resource::builder()
-                .name("MEMORY")
-                .r#type("INTEGER")
-                .integer_value(512)
-                .build(),
-        )
+    let registration = || {
+        c.register_container_instance()
+            .cluster("st")
+            .instance_identity_document(r#"{"instanceId": "i-0123456789abcdef0"}"#)
+            .total_resources(
+                aws_sdk_ecs::types::Resource::builder()
+                    .name("CPU")
+                    .r#type("INTEGER")
+                    .integer_value(1024)
+                    .build(),
+            )
+            .total_resources(
+                aws_sdk_ecs::types::Resource::builder()
+                    .name("MEMORY")
+                    .r#type("INTEGER")
+                    .integer_value(512)
+                    .build(),
+            )
+    };
+    let registered = registration()
         .attributes(
             aws_sdk_ecs::types::Attribute::builder()
                 .name("ecs.availability-zone")
@@ -1243,26 +1245,7 @@ async fn start_task_register_container_instance_and_capacity_providers() {
     assert_eq!(registered.status.as_deref(), Some("ACTIVE"));
     let registered_arn = registered.container_instance_arn.clone().unwrap();
     // Re-registering the same EC2 instance keeps its identity.
-    let register_again = || {
-        c.register_container_instance()
-            .cluster("st")
-            .instance_identity_document(r#"{"instanceId": "i-0123456789abcdef0"}"#)
-            .total_resources(
-                aws_sdk_ecs::types::Resource::builder()
-                    .name("CPU")
-                    .r#type("INTEGER")
-                    .integer_value(1024)
-                    .build(),
-            )
-            .total_resources(
-                aws_sdk_ecs::types::Resource::builder()
-                    .name("MEMORY")
-                    .r#type("INTEGER")
-                    .integer_value(512)
-                    .build(),
-            )
-            .send()
-    };
+    let register_again = || registration().send();
     let again = register_again().await.unwrap().container_instance.unwrap();
     assert_eq!(
         again.container_instance_arn.as_deref(),
