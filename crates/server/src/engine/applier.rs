@@ -635,7 +635,6 @@ impl Engine {
         let mut touched: BTreeMap<usize, ContainerInstance> = BTreeMap::new();
         let mut created_all: Vec<TaskSummary> = Vec::new();
         let mut answers: Vec<JobOutcome> = Vec::with_capacity(jobs.len());
-        let mut tokens = HashSet::new();
         // The clientTokens this batch records: fingerprint and the job that placed.
         let mut recorded: HashMap<&str, (&str, usize)> = HashMap::new();
         for job in &jobs {
@@ -723,7 +722,6 @@ impl Engine {
                         .plus_millis(self.config.client_token_retention_ms),
                 };
                 txn.put(&token.key, &record);
-                tokens.insert(token.key.clone());
                 recorded.insert(&token.key, (&token.fingerprint, answers.len()));
             }
             created_all.extend(created.iter().map(|task| TaskSummary::of(task, 0)));
@@ -733,6 +731,7 @@ impl Engine {
                 unplaced_event,
             }));
         }
+        let tokens = recorded.keys().map(|&key| key.to_owned()).collect();
         let mut written = HashMap::with_capacity(touched.len());
         for (i, mut instance) in touched {
             instance.version += 1;
