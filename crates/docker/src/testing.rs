@@ -144,15 +144,26 @@ impl Drop for DockerCleanup {
 }
 
 /// One HTTP/1.0 GET of `/` from the test process to a task's address (the host routes to
-/// the cluster network); whatever came back, or an empty answer on a timeout.
+/// the cluster network); whatever came back, or an empty answer on a timeout. A task is
+/// RUNNING once its containers started, which can be a moment before the server in one
+/// listens, so a refused connection is tried again for up to 5 s.
 pub fn http_get(address: &str, port: u16) -> String {
     use std::io::{Read as _, Write as _};
     let timeout = std::time::Duration::from_secs(5);
-    let mut stream = std::net::TcpStream::connect_timeout(
-        &format!("{address}:{port}").parse().unwrap(),
-        timeout,
-    )
-    .unwrap_or_else(|e| panic!("connect to {address}:{port}: {e}"));
+    let target = format!("{address}:{port}").parse().unwrap();
+    let deadline = std::time::Instant::now() + timeout;
+    let mut stream = loop {
+        match std::net::TcpStream::connect_timeout(&target, timeout) {
+            Ok(stream) => break stream,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => panic!("connect to {address}:{port}: {e}"),
+        }
+    };
     stream.set_read_timeout(Some(timeout)).unwrap();
     write!(stream, "GET / HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
     let mut answer = String::new();
