@@ -1575,17 +1575,9 @@ async fn concurrent_run_tasks_never_oversubscribe_a_host() {
     ];
     register_app(c, "cc", 128, 128).await;
     // 2 hosts x 8 slots = 16 slots; 40 concurrent requests for one task each.
-    let mut calls = Vec::new();
-    for _ in 0..40 {
-        let c = c.clone();
-        calls.push(tokio::spawn(async move {
-            c.run_task()
-                .cluster("cc")
-                .task_definition("cc")
-                .send()
-                .await
-        }));
-    }
+    let calls: Vec<RunTaskCall> = (0..40)
+        .map(|_| spawn_run_task(c, "cc", "cc", 1, None))
+        .collect();
     let mut placed = 0;
     for call in calls {
         placed += call.await.unwrap().unwrap().tasks.unwrap().len();
@@ -1745,29 +1737,12 @@ async fn concurrent_calls_with_one_client_token_place_once() {
     // (slow) commits while the repeats queue, and they are decided together in one batch.
     let mut fillers = Vec::new();
     for _ in 0..6 {
-        let c = c.clone();
-        fillers.push(tokio::spawn(async move {
-            c.run_task()
-                .cluster("tok")
-                .task_definition("tok")
-                .send()
-                .await
-        }));
+        fillers.push(spawn_run_task(c, "tok", "tok", 1, None));
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
-    let mut calls = Vec::new();
-    for _ in 0..8 {
-        let c = c.clone();
-        calls.push(tokio::spawn(async move {
-            c.run_task()
-                .cluster("tok")
-                .task_definition("tok")
-                .count(2)
-                .client_token("same")
-                .send()
-                .await
-        }));
-    }
+    let calls: Vec<RunTaskCall> = (0..8)
+        .map(|_| spawn_run_task(c, "tok", "tok", 2, Some("same")))
+        .collect();
     let mut answers = std::collections::BTreeSet::new();
     for call in calls {
         let output = call.await.unwrap().unwrap();

@@ -77,6 +77,32 @@ pub async fn register_app(c: &Client, family: &str, cpu: i32, memory: i32) {
         .expect("RegisterTaskDefinition");
 }
 
+/// The outcome of a spawned RunTask call.
+pub type RunTaskCall = tokio::task::JoinHandle<
+    Result<
+        aws_sdk_ecs::operation::run_task::RunTaskOutput,
+        aws_sdk_ecs::error::SdkError<aws_sdk_ecs::operation::run_task::RunTaskError>,
+    >,
+>;
+
+/// Starts a RunTask of `count` tasks of family `family` on cluster `cluster`, `token` its
+/// clientToken if given, without waiting for it.
+pub fn spawn_run_task(
+    c: &Client,
+    cluster: &str,
+    family: &str,
+    count: i32,
+    token: Option<&str>,
+) -> RunTaskCall {
+    let call = c
+        .run_task()
+        .cluster(cluster)
+        .task_definition(family)
+        .count(count)
+        .set_client_token(token.map(str::to_owned));
+    tokio::spawn(call.send())
+}
+
 /// Awaits spawned RunTask calls; each must succeed and place everything it asked for.
 /// Returns the tasks placed.
 pub async fn all_placed<E: std::fmt::Debug>(
