@@ -512,6 +512,14 @@ impl Engine {
                 if let Some(index) = kept {
                     index.landed(&records);
                 }
+                // The callers are answered first, so their responses are written while this
+                // thread writes the batch through. A caller's next read cannot miss its
+                // tasks: readers wait until the cache has applied the store's revision
+                // (which the write-through does not claim), and the applier's own next
+                // batch is decided on this thread, after the write-through.
+                for (job, answer) in flight.jobs.into_iter().zip(flight.answers) {
+                    let _ = job.reply.send(answer);
+                }
                 self.cache.committed(
                     records.into_iter().map(|(_, record)| record),
                     flight.created,
@@ -519,9 +527,6 @@ impl Engine {
                     &flight.cluster_name,
                     revision,
                 );
-                for (job, answer) in flight.jobs.into_iter().zip(flight.answers) {
-                    let _ = job.reply.send(answer);
-                }
                 Ok(())
             }
             Ok(None) => {
