@@ -2,6 +2,7 @@
 //! loopback with the embedded store and fake agents. `launch`: RunTask to RUNNING on the
 //! local Docker Engine against a bare `docker run -d` of the same image.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -693,7 +694,11 @@ pub(crate) async fn remove_cluster_containers(cluster: &str) -> anyhow::Result<(
 /// CPU time this process has used (user + system), from /proc/self/stat: what a placement
 /// costs, whatever else the machine is doing (wall-clock rates move with noisy neighbours).
 fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    stat_cpu_seconds(&std::fs::read_to_string("/proc/self/stat").ok()?)
+}
+
+/// User plus system CPU of a `/proc/.../stat` line, in seconds.
+fn stat_cpu_seconds(stat: &str) -> Option<f64> {
     // The command name is in parentheses and may hold spaces: count fields after it.
     let after_name = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = after_name.split_whitespace().collect();
@@ -701,6 +706,53 @@ fn process_cpu_seconds() -> Option<f64> {
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
     // Clock ticks are 1/100 s on Linux (USER_HZ).
     Some(ticks / 100.0)
+}
+
+/// CPU seconds of this process's live threads, summed by thread name (as the kernel keeps
+/// it: at most 15 bytes). Empty where `/proc` is not there.
+fn thread_cpu_seconds() -> BTreeMap<String, f64> {
+    let mut by_name = BTreeMap::new();
+    let Ok(threads) = std::fs::read_dir("/proc/self/task") else {
+        return by_name;
+    };
+    for thread in threads.flatten() {
+        let Ok(stat) = std::fs::read_to_string(thread.path().join("stat")) else {
+            continue; // it ended meanwhile
+        };
+        let name = stat
+            .find('(')
+            .zip(stat.rfind(')'))
+            .map_or("?", |(open, close)| &stat[open + 1..close]);
+        if let Some(seconds) = stat_cpu_seconds(&stat) {
+            *by_name.entry(name.to_owned()).or_insert(0.0) += seconds;
+        }
+    }
+    by_name
+}
+
+/// Where a phase's CPU went, as cores busy per thread name, busiest first. What threads
+/// that ended during the phase used (the store's short-lived log threads) is `other`.
+fn cpu_by_thread(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    process_seconds: f64,
+    wall: Duration,
+) -> String {
+    let mut used: Vec<(String, f64)> = after
+        .iter()
+        .map(|(name, seconds)| {
+            let start = before.get(name).copied().unwrap_or(0.0);
+            (name.clone(), (seconds - start).max(0.0))
+        })
+        .filter(|(_, seconds)| *seconds > 0.0)
+        .collect();
+    let counted: f64 = used.iter().map(|(_, seconds)| seconds).sum();
+    used.push(("other".into(), (process_seconds - counted).max(0.0)));
+    used.sort_by(|a, b| b.1.total_cmp(&a.1));
+    used.iter()
+        .map(|(name, seconds)| format!("{name} {:.2}", seconds / wall.as_secs_f64()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn peak_memory_mib() -> Option<f64> {
@@ -792,6 +844,7 @@ async fn bench_scheduler(hosts: usize, tasks: usize, concurrency: usize) -> anyh
     let run_client = client.clone();
     let counter = placed.clone();
     let cpu_before = process_cpu_seconds();
+    let threads_before = thread_cpu_seconds();
     let (mut latencies, wall) = phase(calls, concurrency, move |i| {
         let client = run_client.clone();
         let counter = counter.clone();
@@ -805,6 +858,7 @@ async fn bench_scheduler(hosts: usize, tasks: usize, concurrency: usize) -> anyh
     let cpu_used = cpu_before
         .zip(process_cpu_seconds())
         .map_or(0.0, |(before, after)| after - before);
+    let threads_after = thread_cpu_seconds();
     latencies.sort();
     let placed = placed.load(std::sync::atomic::Ordering::Relaxed);
     // A single placement's latency, one call at a time on the now full cluster: what one
@@ -850,6 +904,12 @@ async fn bench_scheduler(hosts: usize, tasks: usize, concurrency: usize) -> anyh
         percentile(&single, 0.5),
         percentile(&single, 0.99),
         peak_memory_mib().unwrap_or(0.0)
+    );
+    // The applier and the store writer each run one batch at a time: a stage near one core
+    // busy is the one that sets the pace.
+    println!(
+        "cores busy by thread while placing: {}",
+        cpu_by_thread(&threads_before, &threads_after, cpu_used, wall)
     );
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&data_dir);
