@@ -690,7 +690,6 @@ pub(crate) async fn remove_cluster_containers(cluster: &str) -> anyhow::Result<(
     Ok(())
 }
 
-/// Peak resident memory of this process, from /proc (Linux).
 /// CPU time this process has used (user + system), from /proc/self/stat: what a placement
 /// costs, whatever else the machine is doing (wall-clock rates move with noisy neighbours).
 fn process_cpu_seconds() -> Option<f64> {
@@ -755,6 +754,7 @@ fn cpu_by_thread(
         .join(", ")
 }
 
+/// Peak resident memory of this process, from /proc (Linux).
 fn peak_memory_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -914,4 +914,33 @@ async fn bench_scheduler(hosts: usize, tasks: usize, concurrency: usize) -> anyh
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&data_dir);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The name may hold spaces and parentheses; the times are counted after its last `)`.
+    #[test]
+    fn reads_user_and_system_time_after_an_odd_thread_name() {
+        let stat = "42 (a (odd) name) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0";
+        assert_eq!(stat_cpu_seconds(stat), Some(3.0));
+        assert_eq!(stat_cpu_seconds("42 (short) S 1"), None);
+    }
+
+    /// Threads are charged what they used during the phase; what ended threads used, and
+    /// threads that stayed idle, do not show by name.
+    #[test]
+    fn charges_each_thread_its_share_and_the_rest_to_other() {
+        let before = BTreeMap::from([("tokio-rt-worker".to_owned(), 3.0)]);
+        let after = BTreeMap::from([
+            ("tokio-rt-worker".to_owned(), 4.0),
+            ("flotilla-applie".to_owned(), 1.5),
+            ("idle".to_owned(), 0.0),
+        ]);
+        assert_eq!(
+            cpu_by_thread(&before, &after, 3.0, Duration::from_secs(2)),
+            "flotilla-applie 0.75, tokio-rt-worker 0.50, other 0.25"
+        );
+    }
 }

@@ -1,7 +1,7 @@
 //! The registry's metadata in the state store: records, key layout and typed helpers.
 //!
 //! Keys live under their own top-level `ecr/` prefix, not the control plane's `r/`, so the
-//! ECS cache, change router and janitor (which scan `r/`) never see them:
+//! ECS cache (which tells the agents' long-polls of host changes) and janitor never see them:
 //!
 //! ```text
 //! ecr/repo/{account}/{region}/{name}                         RepositoryRecord

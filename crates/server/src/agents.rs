@@ -11,33 +11,22 @@ use flotilla_model::{
     Arn, ArnResource, ContainerInstance, ContainerInstanceStatus, EcsError, Scope, Task, TaskStatus,
 };
 use flotilla_protocol::*;
-use flotilla_store::{EventKind, Store};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::HostChanges;
 use crate::db::{CAS_RETRIES_MAX, Db, Keys, TxnBuilder, Versioned};
 use crate::engine::InstanceRegistration;
 use crate::engine::{Engine, RequestContext, apply_task_state_change, release_on_stop};
-
-/// The one field of a stored task record the change router needs.
-#[derive(serde::Deserialize)]
-struct RoutedTask {
-    #[serde(default)]
-    container_instance_arn: Option<String>,
-}
-
-/// The one field of a stored container instance record the change router needs.
-#[derive(serde::Deserialize)]
-struct RoutedInstance {
-    arn: String,
-}
 
 /// Liveness and change notification for connected agents.
 pub struct Agents {
     engine: Engine,
     /// Instance ARN -> when it last polled.
     last_seen: Mutex<HashMap<String, Instant>>,
-    /// Instance ARN -> a counter bumped whenever its tasks or record change.
+    /// Instance id -> a counter bumped whenever its tasks or record change (ids are random
+    /// UUIDs, unique across clusters and accounts). The state cache bumps it
+    /// ([`HostChanges`]), once it holds the change a poll will read.
     changes: Mutex<HashMap<String, watch::Sender<u64>>>,
     pub heartbeat_interval: Duration,
     pub disconnect_timeout: Duration,
@@ -82,26 +71,12 @@ impl Agents {
         self.engine.db()
     }
 
-    fn subscribe(&self, arn: &str) -> watch::Receiver<u64> {
+    fn subscribe(&self, instance_id: &str) -> watch::Receiver<u64> {
         let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
         changes
-            .entry(arn.to_owned())
+            .entry(instance_id.to_owned())
             .or_insert_with(|| watch::channel(0).0)
             .subscribe()
-    }
-
-    fn notify(&self, arn: &str) {
-        let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(sender) = changes.get(arn) {
-            sender.send_modify(|n| *n += 1);
-        }
-    }
-
-    fn notify_all(&self) {
-        let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
-        for sender in changes.values() {
-            sender.send_modify(|n| *n += 1);
-        }
     }
 
     fn seen(&self, arn: &str) {
@@ -291,7 +266,7 @@ impl Agents {
         let _ = ctx;
         let at = address(&request.container_instance_arn)?;
         self.seen(&request.container_instance_arn);
-        let mut changes = self.subscribe(&request.container_instance_arn);
+        let mut changes = self.subscribe(&at.id);
         changes.borrow_and_update();
         let (instance, response) = self.desired_state(&at).await?;
         if !instance.value.agent_connected
@@ -435,87 +410,21 @@ impl Agents {
             .map(|i| i.arn)
             .collect())
     }
-
-    /// Routes committed store events to the long-polls of the instances they concern. It
-    /// reads only the instance ARN of each record ([`RoutedTask`], [`RoutedInstance`]):
-    /// every task write passes through here.
-    pub async fn run_change_router(
-        self: Arc<Self>,
-        store: Arc<dyn Store>,
-        shutdown: CancellationToken,
-    ) {
-        loop {
-            let start = match store.revision().await {
-                Ok(revision) => revision + 1,
-                Err(error) => {
-                    tracing::warn!(%error, "change router cannot read the store revision");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    }
-                }
-            };
-            let mut watcher = match store.watch("r/", start) {
-                Ok(watcher) => watcher,
-                Err(error) => {
-                    tracing::warn!(%error, "change router cannot watch the store");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    }
-                }
-            };
-            // Anything may have changed while we were not watching.
-            self.notify_all();
-            loop {
-                let events = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    events = watcher.next() => events,
-                };
-                let Ok(events) = events else { break };
-                for event in events.iter() {
-                    let key = &event.kv.key;
-                    if event.kind == EventKind::Delete {
-                        continue;
-                    }
-                    if key.contains("/task/") {
-                        if let Ok(task) = serde_json::from_slice::<RoutedTask>(&event.kv.value)
-                            && let Some(arn) = &task.container_instance_arn
-                        {
-                            self.notify(arn);
-                        }
-                    } else if key.contains("/instance/")
-                        && let Ok(instance) =
-                            serde_json::from_slice::<RoutedInstance>(&event.kv.value)
-                    {
-                        self.notify(&instance.arn);
-                    }
-                }
-            }
-        }
-    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Wakes the long-polls of the hosts whose records or tasks the state cache applied.
+impl HostChanges for Agents {
+    fn changed(&self, instance_id: &str) {
+        let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sender) = changes.get(instance_id) {
+            sender.send_modify(|n| *n += 1);
+        }
+    }
 
-    /// The router's partial reads name the fields as the full records store them.
-    #[test]
-    fn routed_fields_read_what_the_records_store() {
-        let mut task = crate::fixtures::task();
-        let routed: RoutedTask =
-            serde_json::from_slice(&serde_json::to_vec(&task).unwrap()).unwrap();
-        assert_eq!(routed.container_instance_arn, task.container_instance_arn);
-        assert!(routed.container_instance_arn.is_some());
-        task.container_instance_arn = None;
-        let routed: RoutedTask =
-            serde_json::from_slice(&serde_json::to_vec(&task).unwrap()).unwrap();
-        assert_eq!(routed.container_instance_arn, None);
-
-        let instance = crate::fixtures::container_instance();
-        let routed: RoutedInstance =
-            serde_json::from_slice(&serde_json::to_vec(&instance).unwrap()).unwrap();
-        assert_eq!(routed.arn, instance.arn);
+    fn all_changed(&self) {
+        let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        for sender in changes.values() {
+            sender.send_modify(|n| *n += 1);
+        }
     }
 }

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use imbl::OrdMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use flotilla_model::{
@@ -303,11 +303,23 @@ struct State {
     services: HashMap<ClusterKey, BTreeMap<String, ServiceSummary>>,
 }
 
+/// Told of every write to a container instance, or to a task placed on one, once the cache
+/// holds it: how a long-polling agent learns that its host's desired state moved. Routing
+/// here costs nothing extra, since the cache has the task's host at hand (a second watch
+/// would parse every task record again).
+pub trait HostChanges: Send + Sync {
+    /// Container instance `instance_id`, or a task on it, was written.
+    fn changed(&self, instance_id: &str);
+    /// The cache (re)loaded from a listing: any host may have changed.
+    fn all_changed(&self);
+}
+
 pub struct StateCache {
     state: RwLock<State>,
     /// The newest store revision applied.
     applied: watch::Sender<Revision>,
     changes: broadcast::Sender<CacheChange>,
+    host_changes: OnceLock<Arc<dyn HostChanges>>,
 }
 
 enum Parsed<'a> {
@@ -359,6 +371,20 @@ impl StateCache {
             state: RwLock::new(State::default()),
             applied: watch::channel(0).0,
             changes: broadcast::channel(CHANGES_QUEUE_MAX).0,
+            host_changes: OnceLock::new(),
+        }
+    }
+
+    /// Whom to tell of host changes from now on (one listener; set before [`Self::run`]).
+    pub fn tell_host_changes(&self, listener: Arc<dyn HostChanges>) {
+        if self.host_changes.set(listener).is_err() {
+            tracing::warn!("the state cache already tells another listener of host changes");
+        }
+    }
+
+    fn host_changed(&self, instance_id: &str) {
+        if let Some(listener) = self.host_changes.get() {
+            listener.changed(instance_id);
         }
     }
 
@@ -452,19 +478,34 @@ impl StateCache {
         }
     }
 
-    /// Records a put of `key` at `mod_revision`, unless something newer is already known.
+    /// Records a put of `key` at `mod_revision`, unless something newer is already known,
+    /// and tells the controllers and the host listener.
     pub fn put(&self, key: &str, value: &[u8], mod_revision: Revision) {
+        self.apply_put(key, value, mod_revision, true);
+    }
+
+    /// [`Self::put`]; `per_host` says whether to tell the host listener of this record
+    /// (a listing tells it once, at the end).
+    fn apply_put(&self, key: &str, value: &[u8], mod_revision: Revision, per_host: bool) {
         let parsed = parse_key(key);
         if let Some(parsed) = &parsed
             && let Some((known, summary)) = self.known_revision(parsed)
             && known >= mod_revision
         {
-            // Already applied (written through); only tell the controllers.
+            // Already applied (written through); only tell the controllers and the host.
             match (parsed, summary) {
                 (Parsed::Task { root, cluster, .. }, Some(summary)) => {
-                    self.notify_service_task(root, cluster, summary.group.as_deref())
+                    self.notify_service_task(root, cluster, summary.group.as_deref());
+                    if per_host && let Some(instance_id) = &summary.instance_id {
+                        self.host_changed(instance_id);
+                    }
                 }
-                (Parsed::Instance { root, cluster, .. }, _) => self.notify_instance(root, cluster),
+                (Parsed::Instance { root, cluster, id }, _) => {
+                    self.notify_instance(root, cluster);
+                    if per_host {
+                        self.host_changed(id);
+                    }
+                }
                 _ => {}
             }
             return;
@@ -490,14 +531,21 @@ impl StateCache {
                     }
                 });
                 self.notify_instance(root, cluster);
+                if per_host {
+                    self.host_changed(id);
+                }
             }
             Some(Parsed::Task { root, cluster, id }) => {
                 let Some(task) = TaskSummary::decode(value, mod_revision) else {
                     return;
                 };
                 let group = task.group.clone();
+                let instance_id = task.instance_id.clone().filter(|_| per_host);
                 self.with_cluster(root, cluster, |c| Self::put_task(c, id, task));
                 self.notify_service_task(root, cluster, group.as_deref());
+                if let Some(instance_id) = &instance_id {
+                    self.host_changed(instance_id);
+                }
             }
             Some(Parsed::Service {
                 root,
@@ -701,7 +749,7 @@ impl StateCache {
                 })
                 .await?;
             for kv in &page.kvs {
-                self.put(&kv.key, &kv.value, kv.mod_revision);
+                self.apply_put(&kv.key, &kv.value, kv.mod_revision, false);
             }
             match (page.more, page.kvs.last()) {
                 (true, Some(last)) => start_after = Some(last.key.clone()),
@@ -709,6 +757,9 @@ impl StateCache {
             }
         }
         self.mark_applied(revision);
+        if let Some(listener) = self.host_changes.get() {
+            listener.all_changed();
+        }
         Ok(())
     }
 }
@@ -744,6 +795,85 @@ mod tests {
         let started = std::time::Instant::now();
         assert!(cache.wait_for(revision).await, "the cache caught up");
         assert!(started.elapsed() < CATCH_UP_TIMEOUT);
+        shutdown.cancel();
+    }
+
+    /// What a long-polling agent hears: every write of its host's record or of a task on
+    /// it, once the cache holds it, whether the record was written through first or not;
+    /// and a "look again" for every host after each listing.
+    #[tokio::test]
+    async fn tells_the_host_listener_of_each_host_write() {
+        #[derive(Default)]
+        struct Heard(std::sync::Mutex<Vec<String>>);
+        impl HostChanges for Heard {
+            fn changed(&self, instance_id: &str) {
+                self.0.lock().unwrap().push(instance_id.to_owned());
+            }
+            fn all_changed(&self) {
+                self.0.lock().unwrap().push("*".to_owned());
+            }
+        }
+        let store: Arc<dyn Store> = Arc::new(flotilla_store::RedbStore::in_memory().unwrap());
+        let cache = Arc::new(StateCache::new());
+        let heard = Arc::new(Heard::default());
+        cache.tell_host_changes(heard.clone());
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cache.clone().run(store.clone(), shutdown.clone()));
+        // Written after the first listing, so each write comes by the watch.
+        tokio::time::timeout(CATCH_UP_TIMEOUT, async {
+            while heard.0.lock().unwrap().is_empty() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the cache listed the store");
+        let keys = crate::db::Keys::new(&flotilla_model::Scope::new("us-east-1", "000000000000"));
+        let instance = crate::fixtures::container_instance();
+        let task = crate::fixtures::task();
+        let mut unplaced = crate::fixtures::task();
+        unplaced.id = "t-2".into();
+        unplaced.container_instance_id = None;
+        let puts = [
+            (
+                keys.instance("c", &instance.id),
+                serde_json::to_vec(&instance).unwrap(),
+            ),
+            (keys.task("c", &task.id), serde_json::to_vec(&task).unwrap()),
+            (
+                keys.task("c", &unplaced.id),
+                serde_json::to_vec(&unplaced).unwrap(),
+            ),
+        ];
+        for (key, value) in puts {
+            let txn = flotilla_store::Txn {
+                compares: Vec::new(),
+                ops: vec![flotilla_store::Op::Put { key, value }],
+            };
+            store.txn(txn).await.unwrap();
+        }
+        // The same task written again, this time through the cache before the watch.
+        let mut running = task.clone();
+        running.last_status = TaskStatus::Running;
+        let txn = flotilla_store::Txn {
+            compares: Vec::new(),
+            ops: vec![flotilla_store::Op::Put {
+                key: keys.task("c", &running.id),
+                value: serde_json::to_vec(&running).unwrap(),
+            }],
+        };
+        let flotilla_store::TxnOutcome::Committed { revision } = store.txn(txn).await.unwrap()
+        else {
+            panic!("an unconditional put conflicted");
+        };
+        cache.committed(
+            [],
+            [TaskSummary::of(&running, revision)],
+            keys.root(),
+            "c",
+            revision,
+        );
+        assert!(cache.wait_for(revision).await, "the cache caught up");
+        assert_eq!(*heard.0.lock().unwrap(), ["*", "i-1", "i-1", "i-1"]);
         shutdown.cancel();
     }
 

@@ -154,6 +154,7 @@ pub async fn start(
         config.heartbeat_interval,
         config.disconnect_timeout,
     ));
+    cache.tell_host_changes(agents.clone());
     let mut registry_config = config.registry.clone();
     // Clients are told to log in over HTTPS when the listener speaks it.
     registry_config.tls |= tls_config.is_some();
@@ -183,9 +184,6 @@ pub async fn start(
     )));
     tasks.push(tokio::spawn(
         agents.clone().run_liveness_monitor(shutdown.clone()),
-    ));
-    tasks.push(tokio::spawn(
-        agents.run_change_router(store.clone(), shutdown.clone()),
     ));
     tasks.push(tokio::spawn(janitor::run(engine.clone(), shutdown.clone())));
     tasks.push(tokio::spawn(registry.run_sweeper(shutdown.clone())));
