@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use imbl::OrdMap;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use flotilla_model::{
@@ -319,7 +319,8 @@ pub struct StateCache {
     /// The newest store revision applied.
     applied: watch::Sender<Revision>,
     changes: broadcast::Sender<CacheChange>,
-    host_changes: OnceLock<Arc<dyn HostChanges>>,
+    /// Weak: the listener (the agents) holds the engine, which holds this cache.
+    host_changes: OnceLock<Weak<dyn HostChanges>>,
 }
 
 enum Parsed<'a> {
@@ -376,14 +377,14 @@ impl StateCache {
     }
 
     /// Whom to tell of host changes from now on (one listener; set before [`Self::run`]).
-    pub fn tell_host_changes(&self, listener: Arc<dyn HostChanges>) {
-        if self.host_changes.set(listener).is_err() {
+    pub fn tell_host_changes(&self, listener: &Arc<dyn HostChanges>) {
+        if self.host_changes.set(Arc::downgrade(listener)).is_err() {
             tracing::warn!("the state cache already tells another listener of host changes");
         }
     }
 
     fn host_changed(&self, instance_id: &str) {
-        if let Some(listener) = self.host_changes.get() {
+        if let Some(listener) = self.host_changes.get().and_then(Weak::upgrade) {
             listener.changed(instance_id);
         }
     }
@@ -757,7 +758,7 @@ impl StateCache {
             }
         }
         self.mark_applied(revision);
-        if let Some(listener) = self.host_changes.get() {
+        if let Some(listener) = self.host_changes.get().and_then(Weak::upgrade) {
             listener.all_changed();
         }
         Ok(())
@@ -816,7 +817,8 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(flotilla_store::RedbStore::in_memory().unwrap());
         let cache = Arc::new(StateCache::new());
         let heard = Arc::new(Heard::default());
-        cache.tell_host_changes(heard.clone());
+        let listener: Arc<dyn HostChanges> = heard.clone();
+        cache.tell_host_changes(&listener);
         let shutdown = CancellationToken::new();
         tokio::spawn(cache.clone().run(store.clone(), shutdown.clone()));
         // Written after the first listing, so each write comes by the watch.

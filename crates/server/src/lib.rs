@@ -154,7 +154,8 @@ pub async fn start(
         config.heartbeat_interval,
         config.disconnect_timeout,
     ));
-    cache.tell_host_changes(agents.clone());
+    let host_changes: Arc<dyn cache::HostChanges> = agents.clone();
+    cache.tell_host_changes(&host_changes);
     let mut registry_config = config.registry.clone();
     // Clients are told to log in over HTTPS when the listener speaks it.
     registry_config.tls |= tls_config.is_some();
