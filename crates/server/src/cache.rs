@@ -383,10 +383,9 @@ impl StateCache {
         }
     }
 
-    fn host_changed(&self, instance_id: &str) {
-        if let Some(listener) = self.host_changes.get().and_then(Weak::upgrade) {
-            listener.changed(instance_id);
-        }
+    /// The host listener, while it lives.
+    fn host_listener(&self) -> Option<Arc<dyn HostChanges>> {
+        self.host_changes.get().and_then(Weak::upgrade)
     }
 
     /// Changes to services, their tasks and the hosts, as they arrive from the store.
@@ -480,14 +479,15 @@ impl StateCache {
     }
 
     /// Records a put of `key` at `mod_revision`, unless something newer is already known,
-    /// and tells the controllers and the host listener.
-    pub fn put(&self, key: &str, value: &[u8], mod_revision: Revision) {
-        self.apply_put(key, value, mod_revision, true);
-    }
-
-    /// [`Self::put`]; `per_host` says whether to tell the host listener of this record
-    /// (a listing tells it once, at the end).
-    fn apply_put(&self, key: &str, value: &[u8], mod_revision: Revision, per_host: bool) {
+    /// and tells the controllers and `hosts` (a listing passes none: it tells every host
+    /// once, at the end).
+    fn put(
+        &self,
+        key: &str,
+        value: &[u8],
+        mod_revision: Revision,
+        hosts: Option<&dyn HostChanges>,
+    ) {
         let parsed = parse_key(key);
         if let Some(parsed) = &parsed
             && let Some((known, summary)) = self.known_revision(parsed)
@@ -497,14 +497,14 @@ impl StateCache {
             match (parsed, summary) {
                 (Parsed::Task { root, cluster, .. }, Some(summary)) => {
                     self.notify_service_task(root, cluster, summary.group.as_deref());
-                    if per_host && let Some(instance_id) = &summary.instance_id {
-                        self.host_changed(instance_id);
+                    if let (Some(hosts), Some(instance_id)) = (hosts, &summary.instance_id) {
+                        hosts.changed(instance_id);
                     }
                 }
                 (Parsed::Instance { root, cluster, id }, _) => {
                     self.notify_instance(root, cluster);
-                    if per_host {
-                        self.host_changed(id);
+                    if let Some(hosts) = hosts {
+                        hosts.changed(id);
                     }
                 }
                 _ => {}
@@ -532,8 +532,8 @@ impl StateCache {
                     }
                 });
                 self.notify_instance(root, cluster);
-                if per_host {
-                    self.host_changed(id);
+                if let Some(hosts) = hosts {
+                    hosts.changed(id);
                 }
             }
             Some(Parsed::Task { root, cluster, id }) => {
@@ -541,11 +541,11 @@ impl StateCache {
                     return;
                 };
                 let group = task.group.clone();
-                let instance_id = task.instance_id.clone().filter(|_| per_host);
+                let instance_id = hosts.and(task.instance_id.clone());
                 self.with_cluster(root, cluster, |c| Self::put_task(c, id, task));
                 self.notify_service_task(root, cluster, group.as_deref());
-                if let Some(instance_id) = &instance_id {
-                    self.host_changed(instance_id);
+                if let (Some(hosts), Some(instance_id)) = (hosts, &instance_id) {
+                    hosts.changed(instance_id);
                 }
             }
             Some(Parsed::Service {
@@ -724,12 +724,16 @@ impl StateCache {
                     break;
                 };
                 let mut newest = 0;
+                let hosts = self.host_listener();
                 for event in events.iter() {
                     newest = newest.max(event.kv.mod_revision);
                     match event.kind {
-                        EventKind::Put => {
-                            self.put(&event.kv.key, &event.kv.value, event.kv.mod_revision)
-                        }
+                        EventKind::Put => self.put(
+                            &event.kv.key,
+                            &event.kv.value,
+                            event.kv.mod_revision,
+                            hosts.as_deref(),
+                        ),
                         EventKind::Delete => self.delete(&event.kv.key, event.kv.mod_revision),
                     }
                 }
@@ -750,7 +754,7 @@ impl StateCache {
                 })
                 .await?;
             for kv in &page.kvs {
-                self.apply_put(&kv.key, &kv.value, kv.mod_revision, false);
+                self.put(&kv.key, &kv.value, kv.mod_revision, None);
             }
             match (page.more, page.kvs.last()) {
                 (true, Some(last)) => start_after = Some(last.key.clone()),
@@ -758,8 +762,8 @@ impl StateCache {
             }
         }
         self.mark_applied(revision);
-        if let Some(listener) = self.host_changes.get().and_then(Weak::upgrade) {
-            listener.all_changed();
+        if let Some(hosts) = self.host_listener() {
+            hosts.all_changed();
         }
         Ok(())
     }
